@@ -1,0 +1,1 @@
+"""Data preparation: tokenizer training, FineWeb-Edu to packed webdataset shards, shard verification."""

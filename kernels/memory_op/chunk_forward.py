@@ -1,0 +1,106 @@
+"""Forward of one chunk in the dual form (``backend="torch"``), on the flattened layout.
+
+Layout: batch and heads are flattened into one leading dim ``N = B * H``; rows are ``[N, n, d]``; each
+layer's state is one tensor ``WS = [W | S]`` of shape ``[N, d_in, 2 d_out]`` so that a query row meets
+W and S in one matmul and the end-of-chunk update is one matmul too.
+
+Inside a chunk with start state (W_0, S_0), the gradients of all keys are taken at W_0, so a layer's
+input rows X and error rows Delta come from one MLP pass over the keys. The weights token t has seen,
+applied to a query row p_t, are (TITANS_SPEC section 1)
+
+    p_t W_t = beta_t p_t W_0 + phi_t p_t S_0 - sum_{j<=t} G[t, j] (p_t . x_j) Delta_j
+
+that is ``beta * (P W_0) + phi * (P S_0) - (G o P X^T) Delta`` layer by layer (P: the query rows the
+layer sees), and the end state is read off the coefficients' last row.
+"""
+
+from typing import List, NamedTuple, Optional
+
+import torch
+
+from kernels.memory_op.mlp import gelu, gelu_grad
+
+
+class ChunkActivations(NamedTuple):
+    """What the backward of a chunk needs besides its start state (per layer lists)."""
+    xs: List[torch.Tensor]      # layer inputs on the key path (xs[0] = k)
+    pre: List[torch.Tensor]     # key-path pre-activations of the hidden layers
+    gps: List[torch.Tensor]     # gelu'(pre)
+    errs: List[torch.Tensor]    # Delta_{l+1} W_{l+1}^T, before gelu'
+    deltas: List[torch.Tensor]  # loss errors at each layer's output
+    ps: List[torch.Tensor]      # query-path layer inputs (ps[0] = q)
+    pws: List[torch.Tensor]     # ps[l] @ WS[l] = [P W_0 | P S_0]
+    pxs: List[torch.Tensor]     # ps[l] @ xs[l]^T, before the coefficient mask
+    zs: List[torch.Tensor]      # query-path pre-activations of the hidden layers
+
+
+def split_state(ws: torch.Tensor):
+    half = ws.shape[-1] // 2
+    return ws[..., :half], ws[..., half:]
+
+
+def key_pass(WS, k, v):
+    """MLP pass over the keys at the chunk-start weights: layer inputs, pre-activations, errors."""
+    Ws = [split_state(ws)[0] for ws in WS]
+    xs, pre, gps, h = [k], [], [], k
+    for layer in range(len(Ws) - 1):
+        a = torch.bmm(h, Ws[layer])
+        pre.append(a)
+        h = gelu(a)
+        xs.append(h)
+    delta = 2.0 * (torch.bmm(h, Ws[-1]) - v)
+    deltas, errs = [delta], []
+    for layer in range(len(Ws) - 2, -1, -1):
+        e = torch.bmm(delta, Ws[layer + 1].transpose(1, 2))
+        gps.append(gelu_grad(pre[layer]))
+        delta = e * gps[-1]
+        errs.append(e)
+        deltas.append(delta)
+    for x in (gps, errs, deltas):
+        x.reverse()
+    return xs, pre, gps, errs, deltas
+
+
+def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False):
+    """Output rows ``[N, n, d]`` and end state of one chunk (+ activations when ``keep``).
+
+    ``coef`` holds this chunk's coefficients (sized for a full chunk); a short last chunk uses the
+    leading ``n`` rows, which do not depend on the padding after them.
+    """
+    xs, pre, gps, errs, deltas = key_pass(WS, k, v)
+    G = coef.G[:, :n, :n]
+    beta, phi = coef.beta[:, :n, None], coef.phi[:, :n, None]
+    ps, pws, pxs, zs = [], [], [], []
+    p = q
+    for layer, ws in enumerate(WS):
+        pw = torch.bmm(p, ws)
+        px = torch.bmm(p, xs[layer].transpose(1, 2))
+        pW, pS = split_state(pw)
+        z = torch.baddbmm(beta * pW + phi * pS, G * px, deltas[layer], alpha=-1.0)
+        if keep:
+            ps.append(p)
+            pws.append(pw)
+            pxs.append(px)
+        if layer < len(WS) - 1:
+            if keep:
+                zs.append(z)
+            p = gelu(z)
+    out = z
+
+    last = n - 1
+    g_last = coef.G[:, last, :n, None]                              # G[n, j]
+    c_last = (coef.Dm[:, last, :n] * coef.lr[:, :n])[..., None]     # n_{j, n}
+    beta_n, phi_n, m_n = (x[:, last, None, None] for x in (coef.beta, coef.phi, coef.M))
+    new_WS = []
+    for layer, ws in enumerate(WS):
+        W, S = split_state(ws)
+        new = torch.empty_like(ws)
+        new_W, new_S = split_state(new)
+        torch.mul(W, beta_n, out=new_W)
+        new_W.addcmul_(S, phi_n)
+        torch.mul(S, m_n, out=new_S)
+        d = deltas[layer]
+        new.baddbmm_(xs[layer].transpose(1, 2), torch.cat([g_last * d, c_last * d], dim=-1), alpha=-1.0)
+        new_WS.append(new)
+    acts: Optional[ChunkActivations] = ChunkActivations(xs, pre, gps, errs, deltas, ps, pws, pxs, zs) if keep else None
+    return out, new_WS, acts

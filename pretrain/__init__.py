@@ -1,0 +1,1 @@
+"""Pretraining: distributed init, shard loader, optimizer and schedule, step loop, checkpoints."""

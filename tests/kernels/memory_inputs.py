@@ -1,0 +1,43 @@
+"""Random inputs for the memory op at a given shape, shared by the kernel tests."""
+
+import torch
+
+
+def make_inputs(B, T, H, d, depth, expansion=2, dtype=torch.float64, carried=False, seed=0,
+                lr_max=0.3, requires_grad=False):
+    """q, k (L2-normalised as in the memory layer), v, gates and init weights (or a carried state)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    q, k = (torch.nn.functional.normalize(rand(B, T, H, d), dim=-1) for _ in range(2))
+    v = rand(B, T, H, d)
+    lr = lr_max * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    momentum = torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    forget = 0.3 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    dims = [d] + [expansion * d] * (depth - 1) + [d]
+    lead = (B, H) if carried else (H,)
+    weights = tuple(rand(*lead, dims[i], dims[i + 1]) / dims[i] ** 0.5 for i in range(depth))
+    momenta = tuple(0.1 * rand(B, H, dims[i], dims[i + 1]) for i in range(depth)) if carried else None
+    tensors = dict(q=q, k=k, v=v, lr=lr, momentum=momentum, forget=forget, weights=weights, momenta=momenta)
+    out = {}
+    for name, x in tensors.items():
+        if x is None:
+            out[name] = None
+        elif isinstance(x, tuple):
+            out[name] = tuple(t.to(dtype).requires_grad_(requires_grad) for t in x)
+        else:
+            out[name] = x.to(dtype).requires_grad_(requires_grad)
+    return out
+
+
+def leaves(inputs):
+    """Every tensor of an input dict, flattened in a fixed order."""
+    flat = []
+    for x in inputs.values():
+        if isinstance(x, tuple):
+            flat.extend(x)
+        elif x is not None:
+            flat.append(x)
+    return flat
