@@ -85,7 +85,8 @@ def _run_chunks(WS, Q, K, V, coefs, chunk_size, first, stop, out_rows=None, keep
     kept = []
     for c in range(first, stop):
         s, e = c * chunk_size, min((c + 1) * chunk_size, T)
-        o, new_WS, acts = chunk_forward(WS, Q[:, s:e], K[:, s:e], V[:, s:e], _coef_at(coefs, c), e - s, keep)
+        o, new_WS, acts = chunk_forward(WS, Q[:, s:e], K[:, s:e], V[:, s:e], _coef_at(coefs, c), e - s, keep,
+                                        out_unused=out_rows is None)
         if out_rows is not None:
             out_rows[:, s:e] = o
         if keep:

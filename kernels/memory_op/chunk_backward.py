@@ -10,13 +10,13 @@ follow from them by autograd through ``chunk_coefficients``, which is cheap (O(n
 import torch
 
 from kernels.memory_op.chunk_forward import split_state
-from kernels.memory_op.mlp import gelu_grad, gelu_grad2
+from kernels.memory_op.mlp import gelu_grad2, gelu_vjp
 
 def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     """Gradients of one chunk: returns (dq, dk, dv, dWS_start) and adds into ``dcoef`` (this chunk's
     coefficient-gradient buffers, shaped like ``coef``)."""
     L = len(WS)
-    xs, pre, gps, errs, deltas, ps, pws, pxs, zs = acts
+    xs, pre, errs, deltas, ps, pws, pxs, zs = acts
     G = coef.G[:, :n, :n]
     beta, phi = coef.beta[:, :n, None], coef.phi[:, :n, None]
     last = n - 1
@@ -56,7 +56,7 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     dG = torch.zeros_like(G)
     for layer in range(L - 1, -1, -1):
         if layer < L - 1:
-            dz = dp * gelu_grad(zs[layer])
+            dz = gelu_vjp(dp, zs[layer])
         pW, pS = split_state(pws[layer])
         dcoef.beta[:, :n] += (dz * pW).sum(-1)
         dcoef.phi[:, :n] += (dz * pS).sum(-1)
@@ -77,8 +77,8 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     dWs = [split_state(g)[0] for g in dWS]
     dpre = []
     for layer in range(L - 1):
-        de = ddeltas[layer] * gps[layer]
-        dpre.append(ddeltas[layer] * errs[layer] * gelu_grad2(pre[layer]))
+        de = gelu_vjp(ddeltas[layer], pre[layer])
+        dpre.append(gelu_grad2(pre[layer]).mul_(ddeltas[layer]).mul_(errs[layer]))
         ddeltas[layer + 1].baddbmm_(de, Ws[layer + 1])
         dWs[layer + 1].baddbmm_(de.transpose(1, 2), deltas[layer + 1])
     dy = 2.0 * ddeltas[L - 1]
@@ -86,7 +86,7 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     dxs[L - 1].baddbmm_(dy, Ws[L - 1].transpose(1, 2))
     dWs[L - 1].baddbmm_(xs[L - 1].transpose(1, 2), dy)
     for layer in range(L - 2, -1, -1):
-        da = dpre[layer].addcmul_(dxs[layer + 1], gps[layer])
+        da = dpre[layer].add_(gelu_vjp(dxs[layer + 1], pre[layer]))
         dxs[layer].baddbmm_(da, Ws[layer].transpose(1, 2))
         dWs[layer].baddbmm_(xs[layer].transpose(1, 2), da)
     return dq, dxs[0], dv, dWS

@@ -18,14 +18,13 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from kernels.memory_op.mlp import gelu, gelu_grad
+from kernels.memory_op.mlp import gelu, gelu_vjp
 
 
 class ChunkActivations(NamedTuple):
     """What the backward of a chunk needs besides its start state (per layer lists)."""
     xs: List[torch.Tensor]      # layer inputs on the key path (xs[0] = k)
     pre: List[torch.Tensor]     # key-path pre-activations of the hidden layers
-    gps: List[torch.Tensor]     # gelu'(pre)
     errs: List[torch.Tensor]    # Delta_{l+1} W_{l+1}^T, before gelu'
     deltas: List[torch.Tensor]  # loss errors at each layer's output
     ps: List[torch.Tensor]      # query-path layer inputs (ps[0] = q)
@@ -42,7 +41,7 @@ def split_state(ws: torch.Tensor):
 def key_pass(WS, k, v):
     """MLP pass over the keys at the chunk-start weights: layer inputs, pre-activations, errors."""
     Ws = [split_state(ws)[0] for ws in WS]
-    xs, pre, gps, h = [k], [], [], k
+    xs, pre, h = [k], [], k
     for layer in range(len(Ws) - 1):
         a = torch.bmm(h, Ws[layer])
         pre.append(a)
@@ -52,22 +51,22 @@ def key_pass(WS, k, v):
     deltas, errs = [delta], []
     for layer in range(len(Ws) - 2, -1, -1):
         e = torch.bmm(delta, Ws[layer + 1].transpose(1, 2))
-        gps.append(gelu_grad(pre[layer]))
-        delta = e * gps[-1]
+        delta = gelu_vjp(e, pre[layer])
         errs.append(e)
         deltas.append(delta)
-    for x in (gps, errs, deltas):
-        x.reverse()
-    return xs, pre, gps, errs, deltas
+    errs.reverse()
+    deltas.reverse()
+    return xs, pre, errs, deltas
 
 
-def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False):
-    """Output rows ``[N, n, d]`` and end state of one chunk (+ activations when ``keep``).
+def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False, out_unused: bool = False):
+    """Output rows ``[N, n, d]`` and end state of one chunk (+ activations when ``keep``; the
+    output itself is skipped when ``out_unused``, as in the backward's recomputation).
 
     ``coef`` holds this chunk's coefficients (sized for a full chunk); a short last chunk uses the
     leading ``n`` rows, which do not depend on the padding after them.
     """
-    xs, pre, gps, errs, deltas = key_pass(WS, k, v)
+    xs, pre, errs, deltas = key_pass(WS, k, v)
     G = coef.G[:, :n, :n]
     beta, phi = coef.beta[:, :n, None], coef.phi[:, :n, None]
     ps, pws, pxs, zs = [], [], [], []
@@ -75,17 +74,19 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False):
     for layer, ws in enumerate(WS):
         pw = torch.bmm(p, ws)
         px = torch.bmm(p, xs[layer].transpose(1, 2))
-        pW, pS = split_state(pw)
-        z = torch.baddbmm(beta * pW + phi * pS, G * px, deltas[layer], alpha=-1.0)
         if keep:
             ps.append(p)
             pws.append(pw)
             pxs.append(px)
+        if layer == len(WS) - 1 and out_unused:
+            break
+        pW, pS = split_state(pw)
+        z = torch.baddbmm(beta * pW + phi * pS, G * px, deltas[layer], alpha=-1.0)
         if layer < len(WS) - 1:
             if keep:
                 zs.append(z)
             p = gelu(z)
-    out = z
+    out = None if out_unused else z
 
     last = n - 1
     g_last = coef.G[:, last, :n, None]                              # G[n, j]
@@ -102,5 +103,5 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False):
         d = deltas[layer]
         new.baddbmm_(xs[layer].transpose(1, 2), torch.cat([g_last * d, c_last * d], dim=-1), alpha=-1.0)
         new_WS.append(new)
-    acts: Optional[ChunkActivations] = ChunkActivations(xs, pre, gps, errs, deltas, ps, pws, pxs, zs) if keep else None
+    acts: Optional[ChunkActivations] = ChunkActivations(xs, pre, errs, deltas, ps, pws, pxs, zs) if keep else None
     return out, new_WS, acts

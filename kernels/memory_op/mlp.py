@@ -62,4 +62,10 @@ def loss_gradient_factors(weights, k: torch.Tensor, v: torch.Tensor):
 
 def gelu_grad2(x: torch.Tensor) -> torch.Tensor:
     """d^2 gelu(x) / dx^2 = phi(x) (2 - x^2)."""
-    return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI * (2.0 - x * x)
+    x2 = x * x
+    return torch.exp(x2 * -0.5).mul_((2.0 - x2).mul_(_INV_SQRT_2PI))
+
+
+def gelu_vjp(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad * gelu'(x) in one fused kernel (several times faster than composing gelu_grad)."""
+    return torch.ops.aten.gelu_backward(grad, x)

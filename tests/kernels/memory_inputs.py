@@ -4,7 +4,7 @@ import torch
 
 
 def make_inputs(B, T, H, d, depth, expansion=2, dtype=torch.float64, carried=False, seed=0,
-                lr_max=0.3, requires_grad=False):
+                lr_max=0.1, requires_grad=False):
     """q, k (L2-normalised as in the memory layer), v, gates and init weights (or a carried state)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -41,3 +41,27 @@ def leaves(inputs):
         elif x is not None:
             flat.append(x)
     return flat
+
+
+def random_shape(seed, chunk_size):
+    """A small random (B, T, H, d) with B, H > 1 likely and T not a multiple of the chunk."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    T = pick(2, 3) * chunk_size + pick(1, max(1, chunk_size - 1)) if chunk_size > 1 else pick(5, 29)
+    return pick(2, 3), T, pick(2, 3), pick(3, 8)
+
+
+def run_with_loss(inputs, backend, chunk_size, seed=1):
+    """Run the op and backprop a random linear function of every output; returns (out, state, grads)."""
+    from kernels import neural_memory
+
+    out, (weights_T, momenta_T) = neural_memory(**inputs, chunk_size=chunk_size, backend=backend)
+    g = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    for t in (out, *weights_T, *momenta_T):
+        loss = loss + (t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)).sum()
+    loss.backward()
+    return out.detach(), [t.detach() for t in (*weights_T, *momenta_T)], [x.grad for x in leaves(inputs)]
