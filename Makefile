@@ -30,7 +30,7 @@ $(VENV)/.bench: $(VENV)/.installed
 	touch $@
 
 bench: $(VENV)/.bench
-	$(PY) bench/memory_op.py
+	$(PY) bench/memory_op.py --output bench/results/memory_op_cpu
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -9,7 +9,7 @@ follow from them by autograd through ``chunk_coefficients``, which is cheap (O(n
 
 import torch
 
-from kernels.memory_op.chunk_forward import split_state
+from kernels.memory_op.chunk_forward import end_of_chunk, split_state
 from kernels.memory_op.mlp import gelu_grad2, gelu_vjp
 
 def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
@@ -17,39 +17,37 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     coefficient-gradient buffers, shaped like ``coef``)."""
     L = len(WS)
     xs, pre, errs, deltas, ps, pws, pxs, zs = acts
+    N = dout.shape[0]
     G = coef.G[:, :n, :n]
-    beta, phi = coef.beta[:, :n, None], coef.phi[:, :n, None]
+    beta_phi = torch.stack([coef.beta[:, :n], coef.phi[:, :n]], dim=-1)[..., None]  # [N, n, 2, 1]
     last = n - 1
-    g_last = coef.G[:, last, :n, None]
-    dm_last = coef.Dm[:, last, :n]
-    c_last = (dm_last * coef.lr[:, :n])[..., None]
-    beta_n, phi_n, m_n = (x[:, last, None, None] for x in (coef.beta, coef.phi, coef.M))
+    end = end_of_chunk(coef, n)
 
-    # 1. End-of-chunk update: W' = beta_n W + phi_n S - X^T (g o Delta), S' = m_n S - X^T (c o Delta).
+    # 1. End-of-chunk update: W' = beta_n W + phi_n S - X^T (g o Delta), S' = m_n S - X^T (c o Delta),
+    #    with g = G[n, :] and c = n_{:, n} stacked as end.g_c.
     dWS, dxs, ddeltas = [], [], []
-    dg = torch.zeros_like(g_last[..., 0])
-    dc = torch.zeros_like(dg)
+    dg_c = torch.zeros(N, n, 2, dtype=dout.dtype, device=dout.device)
     for layer in range(L):
         W, S = split_state(WS[layer])
         dW_end, dS_end = split_state(dWS_end[layer])
         grad = torch.empty_like(WS[layer])
         dW, dS = split_state(grad)
-        torch.mul(dW_end, beta_n, out=dW)
-        torch.mul(dW_end, phi_n, out=dS)
-        dS.addcmul_(dS_end, m_n)
+        torch.mul(dW_end, end.beta, out=dW)
+        torch.mul(dW_end, end.phi, out=dS)
+        dS.addcmul_(dS_end, end.M)
         dcoef.beta[:, last] += (W * dW_end).sum(dim=(1, 2))
         dcoef.phi[:, last] += (S * dW_end).sum(dim=(1, 2))
         dcoef.M[:, last] += (S * dS_end).sum(dim=(1, 2))
         d = deltas[layer]
-        R_W, R_S = split_state(torch.bmm(xs[layer], dWS_end[layer]))
-        ddeltas.append(-(g_last * R_W + c_last * R_S))
-        dxs.append(-torch.bmm(torch.cat([g_last * d, c_last * d], dim=-1), dWS_end[layer].transpose(1, 2)))
-        dg -= (R_W * d).sum(-1)
-        dc -= (R_S * d).sum(-1)
+        R = torch.bmm(xs[layer], dWS_end[layer]).view(N, n, 2, -1)       # [X dW' | X dS']
+        ddeltas.append(-(R * end.g_c).sum(2))
+        dxs.append(-torch.bmm((end.g_c * d[:, :, None, :]).flatten(2), dWS_end[layer].transpose(1, 2)))
+        dg_c -= (R * d[:, :, None, :]).sum(-1)
         dWS.append(grad)
+    dg, dc = dg_c.unbind(-1)
     dcoef.G[:, last, :n] += dg
     dcoef.Dm[:, last, :n] += dc * coef.lr[:, :n]
-    dcoef.lr[:, :n] += dc * dm_last
+    dcoef.lr[:, :n] += dc * end.dm
 
     # 2. Query path, last layer first: z = beta o (P W) + phi o (P S) - (G o P X^T) Delta.
     dz = dout
@@ -57,10 +55,10 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     for layer in range(L - 1, -1, -1):
         if layer < L - 1:
             dz = gelu_vjp(dp, zs[layer])
-        pW, pS = split_state(pws[layer])
-        dcoef.beta[:, :n] += (dz * pW).sum(-1)
-        dcoef.phi[:, :n] += (dz * pS).sum(-1)
-        D = torch.cat([beta * dz, phi * dz], dim=-1)
+        dbeta_phi = (pws[layer].view(N, n, 2, -1) * dz[:, :, None, :]).sum(-1)
+        dcoef.beta[:, :n] += dbeta_phi[..., 0]
+        dcoef.phi[:, :n] += dbeta_phi[..., 1]
+        D = (beta_phi * dz[:, :, None, :]).flatten(2)                      # [beta o dz | phi o dz]
         dWS[layer].baddbmm_(ps[layer].transpose(1, 2), D)
         dp = torch.bmm(D, WS[layer].transpose(1, 2))
         dA = torch.bmm(dz, deltas[layer].transpose(1, 2)).neg_()

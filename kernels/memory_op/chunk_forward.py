@@ -33,6 +33,22 @@ class ChunkActivations(NamedTuple):
     zs: List[torch.Tensor]      # query-path pre-activations of the hidden layers
 
 
+class EndOfChunk(NamedTuple):
+    """Coefficients of the end-of-chunk update, shaped to broadcast against the state."""
+    g_c: torch.Tensor   # [N, n, 2, 1]: G[n, j] and n_{j, n} side by side (W and S halves)
+    beta: torch.Tensor  # [N, 1, 1]
+    phi: torch.Tensor
+    M: torch.Tensor
+    dm: torch.Tensor    # [N, n]: Dm[n, j] (for the gradient of n_{j, n} = a_j Dm[n, j])
+
+
+def end_of_chunk(coef, n: int) -> EndOfChunk:
+    last = n - 1
+    dm = coef.Dm[:, last, :n]
+    g_c = torch.stack([coef.G[:, last, :n], dm * coef.lr[:, :n]], dim=-1)[..., None]
+    return EndOfChunk(g_c, *(x[:, last, None, None] for x in (coef.beta, coef.phi, coef.M)), dm)
+
+
 def split_state(ws: torch.Tensor):
     half = ws.shape[-1] // 2
     return ws[..., :half], ws[..., half:]
@@ -67,8 +83,9 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False, out_unused: boo
     leading ``n`` rows, which do not depend on the padding after them.
     """
     xs, pre, errs, deltas = key_pass(WS, k, v)
+    N = q.shape[0]
     G = coef.G[:, :n, :n]
-    beta, phi = coef.beta[:, :n, None], coef.phi[:, :n, None]
+    beta_phi = torch.stack([coef.beta[:, :n], coef.phi[:, :n]], dim=-1)[..., None]  # [N, n, 2, 1]
     ps, pws, pxs, zs = [], [], [], []
     p = q
     for layer, ws in enumerate(WS):
@@ -80,8 +97,8 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False, out_unused: boo
             pxs.append(px)
         if layer == len(WS) - 1 and out_unused:
             break
-        pW, pS = split_state(pw)
-        z = torch.baddbmm(beta * pW + phi * pS, G * px, deltas[layer], alpha=-1.0)
+        # beta o (P W_0) + phi o (P S_0) - (G o P X^T) Delta
+        z = torch.baddbmm((pw.view(N, n, 2, -1) * beta_phi).sum(2), G * px, deltas[layer], alpha=-1.0)
         if layer < len(WS) - 1:
             if keep:
                 zs.append(z)
@@ -89,19 +106,16 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False, out_unused: boo
     out = None if out_unused else z
 
     last = n - 1
-    g_last = coef.G[:, last, :n, None]                              # G[n, j]
-    c_last = (coef.Dm[:, last, :n] * coef.lr[:, :n])[..., None]     # n_{j, n}
-    beta_n, phi_n, m_n = (x[:, last, None, None] for x in (coef.beta, coef.phi, coef.M))
+    coef_last = end_of_chunk(coef, n)
     new_WS = []
     for layer, ws in enumerate(WS):
         W, S = split_state(ws)
         new = torch.empty_like(ws)
         new_W, new_S = split_state(new)
-        torch.mul(W, beta_n, out=new_W)
-        new_W.addcmul_(S, phi_n)
-        torch.mul(S, m_n, out=new_S)
-        d = deltas[layer]
-        new.baddbmm_(xs[layer].transpose(1, 2), torch.cat([g_last * d, c_last * d], dim=-1), alpha=-1.0)
+        torch.mul(W, coef_last.beta, out=new_W)
+        new_W.addcmul_(S, coef_last.phi)
+        torch.mul(S, coef_last.M, out=new_S)
+        new.baddbmm_(xs[layer].transpose(1, 2), (coef_last.g_c * deltas[layer][:, :, None, :]).flatten(2), alpha=-1.0)
         new_WS.append(new)
     acts: Optional[ChunkActivations] = ChunkActivations(xs, pre, errs, deltas, ps, pws, pxs, zs) if keep else None
     return out, new_WS, acts
