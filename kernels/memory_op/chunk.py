@@ -112,11 +112,19 @@ class ChunkedNeuralMemory(torch.autograd.Function):
         group = checkpoint_group_chunks([w.shape[-2:] for w in weights], d, chunk_size)
         out_rows = torch.empty_like(Q)
         boundaries = []
+        training = any(ctx.needs_input_grad)
         for first in range(0, num_chunks, group):
             boundaries.extend(WS)
-            WS, _ = _run_chunks(WS, Q, K, V, coefs, chunk_size, first, min(first + group, num_chunks), out_rows)
+            # The last group's activations go straight to the backward, which would recompute them first.
+            last = first + group >= num_chunks
+            WS, kept = _run_chunks(WS, Q, K, V, coefs, chunk_size, first, num_chunks if last else first + group,
+                                   out_rows, keep=last and training)
         weights_T, momenta_T = _split_final(WS, B)
 
+        for _, acts in kept:  # own copies of q and k rows: views would pin the whole [B*H, T, d] copies
+            acts.xs[0] = acts.xs[0].clone()
+            acts.ps[0] = acts.ps[0].clone()
+        ctx.last_group = kept
         ctx.save_for_backward(*tensors, *boundaries)
         ctx.config = (chunk_size, num_layers, compute_dtype, group, len(tensors))
         return (_from_rows(out_rows, B, H, q.dtype), *weights_T, *momenta_T)
@@ -152,8 +160,11 @@ class ChunkedNeuralMemory(torch.autograd.Function):
         num_chunks = coefs.G.shape[1]
         for gi in range((num_chunks - 1) // group, -1, -1):
             first, stop = gi * group, min((gi + 1) * group, num_chunks)
-            start_WS = list(boundaries[gi * L : (gi + 1) * L])
-            _, kept = _run_chunks(start_WS, Q, K, V, coefs, chunk_size, first, stop, keep=True)
+            if stop == num_chunks and ctx.last_group:
+                kept = ctx.last_group
+            else:
+                start_WS = list(boundaries[gi * L : (gi + 1) * L])
+                _, kept = _run_chunks(start_WS, Q, K, V, coefs, chunk_size, first, stop, keep=True)
             for c in range(stop - 1, first - 1, -1):
                 s, e = c * chunk_size, min((c + 1) * chunk_size, T)
                 WS, acts = kept[c - first]

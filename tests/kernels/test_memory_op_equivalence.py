@@ -76,3 +76,18 @@ def test_auto_is_torch_on_cpu():
     a, _ = neural_memory(**inputs, chunk_size=4, backend="auto")
     b, _ = neural_memory(**inputs, chunk_size=4, backend="torch")
     assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_backend_on_cuda_matches_cpu(dtype):
+    cpu = make_inputs(2, 77, 4, 32, 2, expansion=4, seed=4, requires_grad=True)
+    gpu = {k: (tuple(t.detach().cuda().to(dtype).requires_grad_() for t in x) if isinstance(x, tuple)
+               else None if x is None else x.detach().cuda().to(dtype).requires_grad_()) for k, x in cpu.items()}
+    o_ref, s_ref, g_ref = run_with_loss(cpu, "torch", 16)
+    o, s, g = run_with_loss(gpu, "torch", 16)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    rel = lambda a, b: ((a.double().cpu() - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    assert rel(o, o_ref) < tol
+    assert max(rel(a, b) for a, b in zip(s, s_ref)) < tol
+    assert max(rel(a, b) for a, b in zip(g, g_ref)) < 5 * tol
