@@ -161,7 +161,7 @@ class ChunkedNeuralMemory(torch.autograd.Function):
         for gi in range((num_chunks - 1) // group, -1, -1):
             first, stop = gi * group, min((gi + 1) * group, num_chunks)
             if stop == num_chunks and ctx.last_group:
-                kept = ctx.last_group
+                kept, ctx.last_group = ctx.last_group, None  # freed after use (a second backward recomputes)
             else:
                 start_WS = list(boundaries[gi * L : (gi + 1) * L])
                 _, kept = _run_chunks(start_WS, Q, K, V, coefs, chunk_size, first, stop, keep=True)

@@ -12,6 +12,7 @@ import torch
 from kernels.memory_op.chunk_forward import end_of_chunk, split_state
 from kernels.memory_op.mlp import gelu_grad2, gelu_vjp
 
+
 def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     """Gradients of one chunk: returns (dq, dk, dv, dWS_start) and adds into ``dcoef`` (this chunk's
     coefficient-gradient buffers, shaped like ``coef``)."""

@@ -105,7 +105,6 @@ def chunk_forward(WS, q, k, v, coef, n: int, keep: bool = False, out_unused: boo
             p = gelu(z)
     out = None if out_unused else z
 
-    last = n - 1
     coef_last = end_of_chunk(coef, n)
     new_WS = []
     for layer, ws in enumerate(WS):

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
+from kernels import neural_memory
 from tests.kernels.memory_inputs import leaves, make_inputs, random_shape, run_with_loss
+
+
+def neural_memory_op(inputs, chunk_size=4):
+    return neural_memory(**inputs, chunk_size=chunk_size, backend="torch")
 
 ATOL = 1e-10
 
@@ -71,8 +76,6 @@ def test_auto_is_torch_on_cpu():
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     inputs = make_inputs(1, 9, 1, 4, 2, seed=0)
-    from kernels import neural_memory
-
     a, _ = neural_memory(**inputs, chunk_size=4, backend="auto")
     b, _ = neural_memory(**inputs, chunk_size=4, backend="torch")
     assert torch.equal(a, b)
@@ -91,3 +94,15 @@ def test_torch_backend_on_cuda_matches_cpu(dtype):
     assert rel(o, o_ref) < tol
     assert max(rel(a, b) for a, b in zip(s, s_ref)) < tol
     assert max(rel(a, b) for a, b in zip(g, g_ref)) < 5 * tol
+
+
+def test_second_backward_with_retained_graph():
+    """The forward hands its last group's activations to the first backward; a second backward
+    (retain_graph) recomputes them and gives the same gradients."""
+    inputs = make_inputs(2, 70, 2, 4, 2, seed=8, requires_grad=True)
+    out, _ = neural_memory_op(inputs)
+    out.sum().backward(retain_graph=True)
+    first = [x.grad.clone() for x in leaves(inputs)]
+    out.sum().backward()
+    for x, g in zip(leaves(inputs), first):
+        torch.testing.assert_close(x.grad, 2 * g)
