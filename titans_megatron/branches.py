@@ -1,0 +1,144 @@
+"""The two branches every Titans mixer is made of: sliding-window attention and the neural memory.
+
+Both take Megatron's sequence-first hidden states ``[s, b, h]`` (``[s / tp, b, h]`` under sequence
+parallelism: the column-parallel projections gather the sequence) and an optional prefix of tokens in
+hidden space ``[P, b, h]`` (persistent tokens, MAC's memory tokens) that the branch reads before the
+sequence. They return per-head outputs ``[b, P + s, H_local, d_h]`` (prefix positions first).
+
+Fused projections are laid out head-major ([H, parts, d_h] rows), so a contiguous split of their rows
+across tensor-parallel ranks gives each rank whole heads: the same checkpoint tensors serve any
+tensor-parallel size.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear
+from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+from kernels import neural_memory
+from kernels.memory_op.mlp import mlp_forward
+from titans_megatron.attention_core import prefixed_attention
+from titans_megatron.parallel import tensor_parallel_parameter, tp_size
+from titans_megatron.rotary import apply_rotary, rotary_cos_sin
+
+
+def column_linear(config, in_size, out_size, bias=False):
+    return ColumnParallelLinear(in_size, out_size, config=config, init_method=config.init_method,
+                                bias=bias, gather_output=False, skip_bias_add=False)
+
+
+def project_with_prefix(linear: ColumnParallelLinear, x, prefix):
+    """``linear`` over the sequence and over the (replicated) prefix tokens, joined along time:
+    [P + s, b, out_local]. The prefix goes through the same weight; its gradient is all-reduced
+    across tensor-parallel ranks as the linear does for its own input."""
+    out, _ = linear(x)
+    if prefix is None or prefix.shape[0] == 0:
+        return out
+    p = F.linear(copy_to_tensor_model_parallel_region(prefix), linear.weight)
+    return torch.cat([p.expand(-1, out.shape[1], -1), out], dim=0)
+
+
+def heads(x, num_parts, head_dim):
+    """[T, b, H_l * parts * d] -> [b, T, H_l, parts, d]."""
+    T, b, _ = x.shape
+    return x.transpose(0, 1).reshape(b, T, -1, num_parts, head_dim)
+
+
+class AttentionBranch(nn.Module):
+    """Softmax attention with RoPE over [prefix || sequence]; causal, optional sliding window.
+
+    RoPE rotates sequence tokens by their positions; prefix keys carry no rotation (choice: they are
+    content-addressed memory, visible from every position).
+    """
+
+    def __init__(self, config, window: Optional[int]):
+        super().__init__()
+        self.config, self.window, self.head_dim = config, window, config.head_dim
+        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
+
+    def forward(self, x, prefix=None, position_offset: int = 0):
+        qkv = heads(project_with_prefix(self.linear_qkv, x, prefix), 3, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))             # [b, H_l, P + s, d]
+        P = 0 if prefix is None else prefix.shape[0]
+        s = q.shape[2] - P
+        positions = torch.arange(position_offset, position_offset + s, device=q.device)
+        cos, sin = rotary_cos_sin(positions, self.head_dim, self.config.rotary_base, q.dtype)
+        qs, ks = apply_rotary(q[:, :, P:], cos, sin), apply_rotary(k[:, :, P:], cos, sin)
+        out = prefixed_attention(qs, ks, v[:, :, P:], k[:, :, :P], v[:, :, :P], self.window)
+        return out.transpose(1, 2)                                       # [b, s, H_l, d]
+
+
+class MemoryBranch(nn.Module):
+    """The memory layer of TITANS_SPEC section 2 up to the op's output (norm/gate/output come after):
+
+        q, k, v = SiLU(depthwise causal conv(x W_{Q,K,V})); q, k L2-normalised per head
+        theta = lr_max sigmoid(.), eta = sigmoid(.), alpha = sigmoid(.)  (per head and token)
+        y = neural_memory(q, k, v, theta, eta, alpha, W_init)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        H_l, d = config.num_attention_heads // tp_size(), config.head_dim
+        self.num_heads, self.head_dim = H_l, d
+        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
+        self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads)
+        # Gate biases (choice): theta starts at lr_max / 2, eta near 0.9, alpha near 0.02.
+        biases = torch.tensor([0.0, 2.0, -4.0], dtype=config.params_dtype)
+        self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(biases.expand_as(t)))
+        K = config.conv_kernel
+        self.conv_weight = tensor_parallel_parameter(
+            (H_l * 3 * d, K), 0, config, lambda t: nn.init.uniform_(t, -1 / math.sqrt(K), 1 / math.sqrt(K)))
+        E, L = config.memory_expansion, config.effective_memory_depth
+        dims = [d] + [E * d] * (L - 1) + [d]
+        self.memory_init = nn.ParameterList(
+            tensor_parallel_parameter((H_l, dims[i], dims[i + 1]), 0, config,
+                                      lambda t, fan_in=dims[i]: nn.init.normal_(t, std=1 / math.sqrt(fan_in)))
+            for i in range(L))
+
+    def conv(self, x, conv_state=None):
+        """Depthwise causal conv over time of [b, T, C]; ``conv_state`` is the previous K-1 inputs."""
+        K = self.conv_weight.shape[1]
+        if not self.config.memory_conv:
+            return x, None
+        past = x.new_zeros(x.shape[0], K - 1, x.shape[2]) if conv_state is None else conv_state
+        padded = torch.cat([past, x], dim=1)
+        out = F.conv1d(padded.transpose(1, 2), self.conv_weight[:, None, :], groups=x.shape[2]).transpose(1, 2)
+        return out, padded[:, -(K - 1):] if K > 1 else padded[:, :0]
+
+    def inputs(self, x, prefix=None, conv_state=None):
+        """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s."""
+        qkv = project_with_prefix(self.linear_qkv, x, prefix)           # [T, b, 3 h_l]
+        qkv, conv_state = self.conv(qkv.transpose(0, 1), conv_state)
+        qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], self.num_heads, 3, self.head_dim)
+        q, k, v = qkv.unbind(3)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        g = project_with_prefix(self.linear_gates, x, prefix).transpose(0, 1)
+        g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], self.num_heads, 3) + self.gate_bias)
+        lr, momentum, forget = g.unbind(-1)
+        lr = self.config.memory_lr_max * lr
+        if not self.config.memory_momentum:
+            momentum = torch.zeros_like(momentum)
+        if not self.config.memory_forgetting:
+            forget = torch.zeros_like(forget)
+        return (q, k, v, lr, momentum, forget), conv_state
+
+    def memory(self, inputs, state=None):
+        """Run the op; ``state`` = (weights, momenta) carried from earlier tokens, None to start."""
+        weights, momenta = (tuple(self.memory_init), None) if state is None else state
+        return neural_memory(*inputs, weights, momenta, chunk_size=self.config.memory_chunk_size)
+
+    def retrieve(self, q, state=None):
+        """M(q) with the current weights, no update: [b, n, H_l, d]."""
+        weights = tuple(w.unsqueeze(0) for w in self.memory_init) if state is None else state[0]
+        out = mlp_forward([w.float() for w in weights], q.transpose(1, 2).float())
+        return out.transpose(1, 2).to(q.dtype)
+
+    def forward(self, x, prefix=None):
+        inputs, _ = self.inputs(x, prefix)
+        out, _ = self.memory(inputs)
+        return out

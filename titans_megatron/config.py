@@ -1,0 +1,118 @@
+"""``TitansConfig``: Megatron-core's ``TransformerConfig`` plus every knob of TITANS_SPEC sections 1-4.
+
+Invalid combinations fail at construction with a message naming the field.
+"""
+
+from dataclasses import dataclass, fields
+
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
+
+
+@dataclass
+class TitansConfig(TransformerConfig):
+    variant: str = "mag"
+    """lmm (memory only), mac (memory as context), mag (as gate), mal (as layer), transformer++."""
+
+    seq_length: int = 4096
+    """Training sequence length: window, segment and chunk sizes are checked against it."""
+    vocab_size: int = 32000
+
+    # The neural memory (section 1-2).
+    memory_depth: int = 2
+    """Layers of the memory MLP; the ablation 'linear memory' is depth 1 (or deep_memory=False)."""
+    memory_expansion: int = 4
+    """Hidden width of the memory MLP in multiples of the head dim."""
+    memory_chunk_size: int = 16
+    memory_lr_max: float = 0.1
+    """theta = lr_max * sigmoid(.) (choice; the paper leaves it open)."""
+    conv_kernel: int = 4
+    """Depthwise causal conv on q, k, v of the memory."""
+
+    # Attention and the variants (section 3).
+    window_size: int = 2048
+    """Sliding window of MAG/MAL attention (the persistent prefix is always visible)."""
+    num_persistent_tokens: int = 128
+    segment_length: int = 512
+    """MAC segment length C."""
+    num_memory_tokens: int = 256
+    """MAC memory tokens N_l retrieved per segment."""
+    rotary_base: float = 10000.0
+
+    # Ablation switches (section 5): each removes its component.
+    memory_momentum: bool = True
+    memory_forgetting: bool = True
+    memory_conv: bool = True
+    persistent_memory: bool = True
+    deep_memory: bool = True
+    memory_enabled: bool = True
+    """False removes the memory branch altogether (attention alone): the recall baseline."""
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        super().__post_init__()
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                             f"({self.num_attention_heads})")
+        for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "conv_kernel", "seq_length", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_persistent_tokens < 0 or self.num_memory_tokens < 0:
+            raise ValueError("num_persistent_tokens and num_memory_tokens must be >= 0")
+        if self.variant in ("mag", "mal") and not 1 <= self.window_size <= self.seq_length:
+            raise ValueError(f"window_size ({self.window_size}) must be in [1, seq_length = {self.seq_length}]")
+        if self.variant == "mac":
+            if not 1 <= self.segment_length <= self.seq_length:
+                raise ValueError(f"segment_length ({self.segment_length}) must be in [1, seq_length = {self.seq_length}]")
+            if self.seq_length % self.segment_length:
+                raise ValueError(f"seq_length ({self.seq_length}) must be a multiple of segment_length "
+                                 f"({self.segment_length})")
+            if self.num_memory_tokens > self.segment_length:
+                raise ValueError(f"num_memory_tokens ({self.num_memory_tokens}) cannot exceed segment_length "
+                                 f"({self.segment_length}): they are read from the previous segment")
+            if self.segment_length % self.memory_chunk_size:
+                raise ValueError(f"segment_length ({self.segment_length}) must be a multiple of memory_chunk_size "
+                                 f"({self.memory_chunk_size}): each segment continues the memory at a chunk boundary")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def effective_memory_depth(self) -> int:
+        return self.memory_depth if self.deep_memory else 1
+
+    @property
+    def effective_persistent_tokens(self) -> int:
+        return self.num_persistent_tokens if self.persistent_memory and self.variant != "transformer++" else 0
+
+    @property
+    def has_memory(self) -> bool:
+        return self.memory_enabled and self.variant != "transformer++"
+
+    @classmethod
+    def from_preset(cls, name: str, variant: str = "mag", **overrides) -> "TitansConfig":
+        from titans_megatron.presets import preset_fields
+
+        kwargs = {**preset_fields(name, variant), **overrides}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown TitansConfig field(s): {unknown}")
+        return cls(**kwargs)
+
+
+# Defaults every preset shares (Llama-style blocks, as the paper's baselines).
+COMMON_FIELDS = dict(
+    normalization="RMSNorm",
+    gated_linear_unit=True,
+    activation_func=F.silu,
+    add_bias_linear=False,
+    layernorm_epsilon=1e-5,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    use_cpu_initialization=True,
+)

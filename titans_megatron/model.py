@@ -1,0 +1,36 @@
+"""``build_model``: a Megatron-core ``GPTModel`` with the Titans layer specs, callable as
+``model(input_ids) -> logits [B, T, vocab]`` in any process (one CPU process included)."""
+
+import torch
+import torch.nn as nn
+from megatron.core.models.gpt.gpt_model import GPTModel
+
+from titans_megatron.config import TitansConfig
+from titans_megatron.parallel import ensure_model_parallel
+from titans_megatron.specs import block_spec
+
+
+class TitansLM(nn.Module):
+    """The language model. ``forward(input_ids [B, T]) -> logits [B, T, vocab]``, gathered over
+    tensor-parallel ranks unless ``parallel_output`` (training uses the vocab-parallel loss)."""
+
+    def __init__(self, config: TitansConfig, parallel_output: bool = False):
+        super().__init__()
+        self.config = config
+        self.gpt = GPTModel(config=config, transformer_layer_spec=block_spec(config), vocab_size=config.vocab_size,
+                            max_sequence_length=config.seq_length, position_embedding_type="none",
+                            parallel_output=parallel_output, share_embeddings_and_output_weights=False)
+
+    def forward(self, input_ids: torch.Tensor, labels=None):
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} {list(input_ids.shape)}")
+        return self.gpt(input_ids, position_ids=None, attention_mask=None, labels=labels)
+
+
+def build_model(config: TitansConfig, parallel_output: bool = False, seed: int = 0) -> TitansLM:
+    """Build the model for ``config``; sets up a one-rank gloo group and Megatron's parallel state if
+    the process has none. Every rank draws the same full weights from ``seed``, so models built at
+    different tensor-parallel sizes hold the same weights."""
+    ensure_model_parallel(config.tensor_model_parallel_size)
+    torch.manual_seed(seed)
+    return TitansLM(config, parallel_output=parallel_output)

@@ -1,0 +1,61 @@
+"""Megatron parallel state for any process: join an existing setup, or make a one-rank gloo group."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
+    """Initialise torch.distributed (gloo, one rank, when nothing is set up) and Megatron's parallel
+    state. A process already set up by torchrun/SLURM keeps its own groups."""
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp != tensor_model_parallel_size:
+        raise ValueError(f"Megatron's parallel state has tensor-parallel size {tp}, the config asks for "
+                         f"{tensor_model_parallel_size}")
+
+
+def tp_size() -> int:
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def tp_rank() -> int:
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
+def device_of(config) -> torch.device:
+    if config.use_cpu_initialization or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def tensor_parallel_parameter(shape, dim: int, config, init=None) -> torch.nn.Parameter:
+    """A per-head parameter whose dim ``dim`` is split across tensor-parallel ranks.
+
+    ``init(full_tensor)`` fills the full (unsplit) tensor from the global RNG; every rank draws the
+    same full tensor and keeps its slice, so a model has the same weights at any tensor-parallel size.
+    """
+    full_shape = list(shape)
+    full_shape[dim] *= tp_size()
+    full = torch.empty(full_shape, dtype=config.params_dtype)
+    if init is not None:
+        init(full)
+    local = full.chunk(tp_size(), dim=dim)[tp_rank()].contiguous().to(device_of(config))
+    param = torch.nn.Parameter(local)
+    set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
+    return param

@@ -1,0 +1,30 @@
+"""Model presets: sizes of the paper's scaling study (TITANS_SPEC section 4) and a CPU-sized tiny.
+
+Widths follow the Gated DeltaNet / flash-linear-attention conventions with d_h = 64; a Titans block
+holds more than an attention block (memory projections beside the attention), so each variant has its
+own block count, chosen to keep the total within 10% of the nominal size (README lists the counts).
+"""
+
+from titans_megatron.config import COMMON_FIELDS
+
+# size: (hidden, heads, ffn_hidden, {variant: layers}, extra fields)
+SIZES = {
+    "tiny": (128, 4, 352, {"transformer++": 2, "lmm": 2, "mag": 2, "mal": 2, "mac": 2},
+             dict(seq_length=256, window_size=64, segment_length=64, num_memory_tokens=16, num_persistent_tokens=8)),
+    "170m": (768, 12, 2048, {"transformer++": 14, "lmm": 13, "mag": 10, "mal": 10, "mac": 9}, {}),
+    "340m": (1024, 16, 2816, {"transformer++": 22, "lmm": 20, "mag": 16, "mal": 15, "mac": 14}, {}),
+    "400m": (1024, 16, 2816, {"transformer++": 26, "lmm": 24, "mag": 19, "mal": 18, "mac": 17}, {}),
+    "760m": (1536, 24, 4096, {"transformer++": 24, "lmm": 22, "mag": 18, "mal": 16, "mac": 16}, {}),
+    "1.3b": (2048, 32, 5632, {"transformer++": 24, "lmm": 22, "mag": 17, "mal": 16, "mac": 15}, {}),
+}
+NOMINAL = {"170m": 170e6, "340m": 340e6, "400m": 400e6, "760m": 760e6, "1.3b": 1.3e9}
+
+
+def preset_fields(name: str, variant: str) -> dict:
+    if name not in SIZES:
+        raise ValueError(f"unknown preset {name!r}; presets: {list(SIZES)}")
+    hidden, heads, ffn, layers, extra = SIZES[name]
+    if variant not in layers:
+        raise ValueError(f"unknown variant {variant!r}; variants: {list(layers)}")
+    return dict(COMMON_FIELDS, variant=variant, hidden_size=hidden, num_attention_heads=heads,
+                ffn_hidden_size=ffn, num_layers=layers[variant], **extra)
