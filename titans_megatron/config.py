@@ -19,6 +19,9 @@ class TitansConfig(TransformerConfig):
     seq_length: int = 4096
     """Training sequence length: window, segment and chunk sizes are checked against it."""
     vocab_size: int = 32000
+    make_vocab_size_divisible_by: int = 128
+    """Embedding rows are padded to a multiple of this (independent of the tensor-parallel size, so
+    checkpoints reshard); the model returns logits for the real vocabulary only."""
 
     # The neural memory (section 1-2).
     memory_depth: int = 2
@@ -54,6 +57,11 @@ class TitansConfig(TransformerConfig):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         super().__post_init__()
+        if self.make_vocab_size_divisible_by % self.tensor_model_parallel_size:
+            raise ValueError(f"make_vocab_size_divisible_by ({self.make_vocab_size_divisible_by}) must be a multiple "
+                             f"of tensor_model_parallel_size ({self.tensor_model_parallel_size})")
+        if self.variant == "lmm" and not self.memory_enabled:
+            raise ValueError("memory_enabled=False leaves variant 'lmm' (memory only) with no mixer")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
                              f"({self.num_attention_heads})")
@@ -76,6 +84,11 @@ class TitansConfig(TransformerConfig):
             if self.segment_length % self.memory_chunk_size:
                 raise ValueError(f"segment_length ({self.segment_length}) must be a multiple of memory_chunk_size "
                                  f"({self.memory_chunk_size}): each segment continues the memory at a chunk boundary")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.make_vocab_size_divisible_by
+        return -(-self.vocab_size // m) * m
 
     @property
     def head_dim(self) -> int:

@@ -56,7 +56,7 @@ class Mixer(nn.Module):
         self.config, self.layer_number = config, layer_number
         n = config.effective_persistent_tokens
         self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype)) if n else None
-        if n:
+        if n and config.perform_initialization:
             config.init_method(self.persistent)
         self.linear_proj = row_linear(config)
 

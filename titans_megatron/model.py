@@ -17,14 +17,17 @@ class TitansLM(nn.Module):
     def __init__(self, config: TitansConfig, parallel_output: bool = False):
         super().__init__()
         self.config = config
-        self.gpt = GPTModel(config=config, transformer_layer_spec=block_spec(config), vocab_size=config.vocab_size,
+        self.gpt = GPTModel(config=config, transformer_layer_spec=block_spec(config), vocab_size=config.padded_vocab_size,
                             max_sequence_length=config.seq_length, position_embedding_type="none",
                             parallel_output=parallel_output, share_embeddings_and_output_weights=False)
 
     def forward(self, input_ids: torch.Tensor, labels=None):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} {list(input_ids.shape)}")
-        return self.gpt(input_ids, position_ids=None, attention_mask=None, labels=labels)
+        out = self.gpt(input_ids, position_ids=None, attention_mask=None, labels=labels)
+        if labels is None and not self.gpt.parallel_output:
+            out = out[..., : self.config.vocab_size]
+        return out
 
 
 def build_model(config: TitansConfig, parallel_output: bool = False, seed: int = 0) -> TitansLM:

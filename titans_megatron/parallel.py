@@ -15,9 +15,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def enable_cpu_collectives() -> None:
+    """Let Megatron's tensor/sequence-parallel collectives run on CPU tensors over gloo.
+
+    Megatron allocates the buffers of its gathers and reduce-scatters (and of its global memory
+    buffer) on ``torch.cuda.current_device()``. Without CUDA that call raises; answering ``"cpu"``
+    instead puts those buffers on the CPU, where gloo works on them. Nothing changes where CUDA exists.
+    """
+    if not torch.cuda.is_available():
+        torch.cuda.current_device = lambda: "cpu"
+
+
 def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
     """Initialise torch.distributed (gloo, one rank, when nothing is set up) and Megatron's parallel
     state. A process already set up by torchrun/SLURM keeps its own groups."""
+    enable_cpu_collectives()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -53,7 +65,7 @@ def tensor_parallel_parameter(shape, dim: int, config, init=None) -> torch.nn.Pa
     full_shape = list(shape)
     full_shape[dim] *= tp_size()
     full = torch.empty(full_shape, dtype=config.params_dtype)
-    if init is not None:
+    if init is not None and config.perform_initialization:
         init(full)
     local = full.chunk(tp_size(), dim=dim)[tp_rank()].contiguous().to(device_of(config))
     param = torch.nn.Parameter(local)

@@ -11,7 +11,7 @@ from titans_megatron.config import COMMON_FIELDS
 SIZES = {
     "tiny": (128, 4, 352, {"transformer++": 2, "lmm": 2, "mag": 2, "mal": 2, "mac": 2},
              dict(seq_length=256, window_size=64, segment_length=64, num_memory_tokens=16, num_persistent_tokens=8)),
-    "170m": (768, 12, 2048, {"transformer++": 14, "lmm": 13, "mag": 10, "mal": 10, "mac": 9}, {}),
+    "170m": (768, 12, 2048, {"transformer++": 16, "lmm": 15, "mag": 13, "mal": 12, "mac": 11}, {}),
     "340m": (1024, 16, 2816, {"transformer++": 22, "lmm": 20, "mag": 16, "mal": 15, "mac": 14}, {}),
     "400m": (1024, 16, 2816, {"transformer++": 26, "lmm": 24, "mag": 19, "mal": 18, "mac": 17}, {}),
     "760m": (1536, 24, 4096, {"transformer++": 24, "lmm": 22, "mag": 18, "mal": 16, "mac": 16}, {}),
@@ -28,3 +28,34 @@ def preset_fields(name: str, variant: str) -> dict:
         raise ValueError(f"unknown variant {variant!r}; variants: {list(layers)}")
     return dict(COMMON_FIELDS, variant=variant, hidden_size=hidden, num_attention_heads=heads,
                 ffn_hidden_size=ffn, num_layers=layers[variant], **extra)
+
+
+def parameter_count(name: str, variant: str) -> int:
+    """Exact parameter count of a preset (built without initialising: nothing is filled)."""
+    from titans_megatron.config import TitansConfig
+    from titans_megatron.model import build_model
+
+    model = build_model(TitansConfig.from_preset(name, variant=variant, perform_initialization=False))
+    return sum(p.numel() for p in model.parameters())
+
+
+def markdown_table() -> str:
+    """The README's preset table: python -m titans_megatron.presets"""
+    variants = list(SIZES["tiny"][3])
+    lines = ["| preset | hidden / heads / ffn | " + " | ".join(variants) + " |",
+             "|---|---|" + "---|" * len(variants)]
+    for name, (hidden, heads, ffn, layers, _) in SIZES.items():
+        cells = []
+        for v in variants:
+            n = parameter_count(name, v)
+            off = f", {100 * (n / NOMINAL[name] - 1):+.1f}%" if name in NOMINAL else ""
+            cells.append(f"{layers[v]} blocks, {n:,}{off}")
+        lines.append(f"| {name} | {hidden} / {heads} / {ffn} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    print(markdown_table())

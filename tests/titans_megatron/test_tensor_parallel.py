@@ -1,0 +1,61 @@
+"""Tensor parallel 2 (two gloo processes) gives the logits and gradients of tensor parallel 1."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.titans_megatron.model_configs import VARIANTS
+from tests.titans_megatron.tp_reference import forward_backward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(tmp_path, world, sequence_parallel=False, attempts=2):
+    """Run ``world`` worker processes; a free port can be taken between choosing and binding it, so
+    a rendezvous failure is retried once on another port."""
+    out = tmp_path / "tp.pt"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for attempt in range(attempts):
+        port = _port()
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.titans_megatron.tp_worker", str(r), str(world),
+                                   str(port), str(out), "1" if sequence_parallel else "0", ",".join(VARIANTS)],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r in range(world)]
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+        if all(p.returncode == 0 for p in procs):
+            return torch.load(out)
+        if attempt == attempts - 1 or not any("address" in e.lower() or "connect" in e.lower() for e in errors):
+            raise AssertionError("\n".join(e[-3000:] for e in errors))
+
+
+@pytest.fixture(scope="module")
+def tp2(tmp_path_factory):
+    return run_ranks(tmp_path_factory.mktemp("tp2"), 2)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tp2_equals_tp1(tp2, variant):
+    model, logits = forward_backward(variant)
+    assert_equal_fp32(tp2[variant]["logits"], logits.detach(), f"{variant} logits")
+    grads = tp2[variant]["grads"]
+    for name, p in model.named_parameters():
+        assert name in grads, name
+        assert_equal_fp32(grads[name], p.grad if p.grad is not None else torch.zeros_like(p), f"{variant} {name}")
+
+
+def assert_equal_fp32(actual, expected, what):
+    """Equal up to fp32 rounding of a different summation order: max error <= 1e-5 of the largest entry."""
+    assert actual.shape == expected.shape, what
+    scale = max(expected.abs().max().item(), 1e-6)
+    err = (actual - expected).abs().max().item()
+    assert err <= 1e-5 * scale, f"{what}: max error {err:.3g} against max |value| {scale:.3g}"
