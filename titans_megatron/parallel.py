@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
 
 def _free_port() -> int:
@@ -20,10 +21,13 @@ def enable_cpu_collectives() -> None:
 
     Megatron allocates the buffers of its gathers and reduce-scatters (and of its global memory
     buffer) on ``torch.cuda.current_device()``. Without CUDA that call raises; answering ``"cpu"``
-    instead puts those buffers on the CPU, where gloo works on them. Nothing changes where CUDA exists.
+    instead puts those buffers on the CPU, where gloo works on them. Its RNG tracker (forked around
+    dropout under sequence parallelism) keeps CUDA generator states; on CPU it becomes a pass-through,
+    so dropout draws from the CPU generator. Nothing changes where CUDA exists.
     """
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: "cpu"
+        initialize_rng_tracker(inference_rng_tracker=True)
 
 
 def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
@@ -71,3 +75,17 @@ def tensor_parallel_parameter(shape, dim: int, config, init=None) -> torch.nn.Pa
     param = torch.nn.Parameter(local)
     set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
     return param
+
+
+def allreduce_sequence_parallel_grads(model: torch.nn.Module) -> None:
+    """Sum, over tensor-parallel ranks, the gradients of parameters that see only this rank's
+    sequence shard under sequence parallelism (the norms: marked ``sequence_parallel``). Megatron's
+    ``finalize_model_grads`` does the same on its GPU path; the CPU path calls this."""
+    grads = [p.grad for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if grads and tp_size() > 1:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()

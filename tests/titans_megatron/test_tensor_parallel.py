@@ -43,11 +43,31 @@ def tp2(tmp_path_factory):
     return run_ranks(tmp_path_factory.mktemp("tp2"), 2)
 
 
+@pytest.fixture(scope="module")
+def tp2_sp(tmp_path_factory):
+    return run_ranks(tmp_path_factory.mktemp("tp2sp"), 2, sequence_parallel=True)
+
+
+@pytest.fixture(scope="module")
+def tp1():
+    return {variant: forward_backward(variant) for variant in VARIANTS}
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_tp2_equals_tp1(tp2, variant):
-    model, logits = forward_backward(variant)
-    assert_equal_fp32(tp2[variant]["logits"], logits.detach(), f"{variant} logits")
-    grads = tp2[variant]["grads"]
+def test_tp2_equals_tp1(tp1, tp2, variant):
+    compare(tp1[variant], tp2[variant], variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sequence_parallel_equals_tp1(tp1, tp2_sp, variant):
+    """Sequence parallelism on (tensor parallel 2, gloo) against off: same logits and gradients."""
+    compare(tp1[variant], tp2_sp[variant], f"{variant} (sequence parallel)")
+
+
+def compare(reference, other, variant):
+    model, logits = reference
+    assert_equal_fp32(other["logits"], logits.detach(), f"{variant} logits")
+    grads = other["grads"]
     for name, p in model.named_parameters():
         assert name in grads, name
         assert_equal_fp32(grads[name], p.grad if p.grad is not None else torch.zeros_like(p), f"{variant} {name}")

@@ -3,6 +3,7 @@
 import torch
 
 from titans_megatron import build_model
+from titans_megatron.parallel import allreduce_sequence_parallel_grads
 from tests.titans_megatron.model_configs import small_config
 
 
@@ -15,4 +16,5 @@ def forward_backward(variant, tensor_model_parallel_size=1, sequence_parallel=Fa
     logits = model(ids)
     probe = torch.randn(logits.shape, generator=g)
     (logits * probe).sum().backward()
+    allreduce_sequence_parallel_grads(model)
     return model, logits
