@@ -24,6 +24,7 @@ from kernels.memory_op.mlp import mlp_forward
 from titans_megatron.attention_core import prefixed_attention
 from titans_megatron.parallel import tensor_parallel_parameter, tp_size
 from titans_megatron.rotary import apply_rotary, rotary_cos_sin
+from titans_megatron.sharding import TensorParallelSharded
 
 
 def column_linear(config, in_size, out_size, bias=False):
@@ -48,7 +49,7 @@ def heads(x, num_parts, head_dim):
     return x.transpose(0, 1).reshape(b, T, -1, num_parts, head_dim)
 
 
-class AttentionBranch(nn.Module):
+class AttentionBranch(TensorParallelSharded):
     """Softmax attention with RoPE over [prefix || sequence]; causal, optional sliding window.
 
     RoPE rotates sequence tokens by their positions; prefix keys carry no rotation (choice: they are
@@ -72,7 +73,7 @@ class AttentionBranch(nn.Module):
         return out.transpose(1, 2)                                       # [b, s, H_l, d]
 
 
-class MemoryBranch(nn.Module):
+class MemoryBranch(TensorParallelSharded):
     """The memory layer of TITANS_SPEC section 2 up to the op's output (norm/gate/output come after):
 
         q, k, v = SiLU(depthwise causal conv(x W_{Q,K,V})); q, k L2-normalised per head
@@ -95,10 +96,16 @@ class MemoryBranch(nn.Module):
             (H_l * 3 * d, K), 0, config, lambda t: nn.init.uniform_(t, -1 / math.sqrt(K), 1 / math.sqrt(K)))
         E, L = config.memory_expansion, config.effective_memory_depth
         dims = [d] + [E * d] * (L - 1) + [d]
-        self.memory_init = nn.ParameterList(
-            tensor_parallel_parameter((H_l, dims[i], dims[i + 1]), 0, config,
-                                      lambda t, fan_in=dims[i]: nn.init.normal_(t, std=1 / math.sqrt(fan_in)))
-            for i in range(L))
+        # Plain attributes, not a ParameterList: Megatron would take a list's entries as replicated.
+        self.num_memory_layers = L
+        for i in range(L):
+            setattr(self, f"memory_init_{i}", tensor_parallel_parameter(
+                (H_l, dims[i], dims[i + 1]), 0, config, lambda t, fan_in=dims[i]: nn.init.normal_(t, std=1 / math.sqrt(fan_in))))
+
+    @property
+    def memory_init(self):
+        """The learned initial memory weights, one [H_local, d_in, d_out] tensor per MLP layer."""
+        return tuple(getattr(self, f"memory_init_{i}") for i in range(self.num_memory_layers))
 
     def conv(self, x, conv_state=None):
         """Depthwise causal conv over time of [b, T, C]; ``conv_state`` is the previous K-1 inputs."""

@@ -24,6 +24,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 from titans_megatron.branches import AttentionBranch, MemoryBranch, column_linear, heads
 from titans_megatron.norms import HeadRMSNorm
 from titans_megatron.parallel import tensor_parallel_parameter, tp_size
+from titans_megatron.sharding import TensorParallelSharded
 
 
 def row_linear(config):
@@ -48,7 +49,7 @@ def gate_combine(norm_y, norm_m, y, m):
     return norm_y(y) * torch.sigmoid(norm_m(m))
 
 
-class Mixer(nn.Module):
+class Mixer(TensorParallelSharded):
     """Shared parts: the persistent tokens and the output projection."""
 
     def __init__(self, config, layer_number=None, pg_collection=None, **kwargs):

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from titans_megatron.parallel import device_of
+from titans_megatron.sharding import TensorParallelSharded
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -30,7 +31,7 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-class HeadRMSNorm(nn.Module):
+class HeadRMSNorm(TensorParallelSharded):
     """RMSNorm of each head's d_h features, with one learnable vector per head (tensor-parallel)."""
 
     def __init__(self, weight: nn.Parameter, eps: float):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.titans_megatron.model_configs import VARIANTS
-from tests.titans_megatron.tp_reference import forward_backward
+from tests.titans_megatron.tp_reference import assembled, forward_backward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,3 +79,19 @@ def assert_equal_fp32(actual, expected, what):
     scale = max(expected.abs().max().item(), 1e-6)
     err = (actual - expected).abs().max().item()
     assert err <= 1e-5 * scale, f"{what}: max error {err:.3g} against max |value| {scale:.3g}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sharded_state_dict_is_the_same_at_tp2_and_tp1(tp1, tp2, variant):
+    """The checkpoint tensors (ShardedTensors placed at their global offsets) of the tensor-parallel-2
+    model equal those of the tensor-parallel-1 model: a checkpoint reshards between the two."""
+    model, _ = tp1[variant]
+    reference = assembled(model.gpt.sharded_state_dict())
+    full = tp2[variant]["checkpoint"]
+    assert sorted(full) == sorted(reference)
+    for key, tensor in reference.items():
+        assert not torch.isnan(full[key]).any(), f"{variant} {key}: the shards leave holes"
+        assert torch.equal(full[key], tensor), f"{variant} {key}: the shards do not rebuild the weight"
+    ours = ("memory_init_0", "conv_weight", "gate_bias", "persistent", "norm")
+    expected = [k for k in ours if variant != "transformer++" or k == "norm"]
+    assert all(any(k in key for key in reference) for k in expected), sorted(reference)

@@ -1,6 +1,7 @@
 """The forward+backward both the tensor-parallel workers and the single-rank reference run."""
 
 import torch
+import torch.distributed as dist
 
 from titans_megatron import build_model
 from titans_megatron.parallel import allreduce_sequence_parallel_grads
@@ -18,3 +19,23 @@ def forward_backward(variant, tensor_model_parallel_size=1, sequence_parallel=Fa
     (logits * probe).sum().backward()
     allreduce_sequence_parallel_grads(model)
     return model, logits
+
+
+def assembled(sharded_state_dict):
+    """Full tensors rebuilt from every rank's ShardedTensors, each placed at its global offset: what a
+    checkpoint written at this tensor-parallel size holds (layers stacked on a leading axis)."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    local = []
+    for sh in sharded_state_dict.values():
+        if isinstance(sh, ShardedTensor):  # sh.key is the checkpoint's key (layers stacked)
+            data = sh.data.detach().reshape((1,) * sh.prepend_axis_num + tuple(sh.data.shape))
+            local.append((sh.key, sh.global_shape, sh.global_offset, data.clone()))
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local)
+    full = {}
+    for pieces in everyone:
+        for key, shape, offset, data in pieces:
+            target = full.setdefault(key, torch.full(shape, float("nan"), dtype=data.dtype))
+            target[tuple(slice(o, o + n) for o, n in zip(offset, data.shape))] = data
+    return full

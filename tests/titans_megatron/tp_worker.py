@@ -25,7 +25,7 @@ def run(rank, world_size, port, variants, out_path, sequence_parallel):
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world_size)  # build_model joins it
-    from tests.titans_megatron.tp_reference import forward_backward
+    from tests.titans_megatron.tp_reference import assembled, forward_backward
 
     results = {}
     for variant in variants:
@@ -36,7 +36,7 @@ def run(rank, world_size, port, variants, out_path, sequence_parallel):
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
             grads[name] = gathered(g, dim, getattr(p, "partition_stride", 1)).detach().clone()
-        results[variant] = {"logits": logits.detach(), "grads": grads}
+        results[variant] = {"logits": logits.detach(), "grads": grads, "checkpoint": assembled(model.gpt.sharded_state_dict())}
     if rank == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()
