@@ -61,15 +61,27 @@ class AttentionBranch(TensorParallelSharded):
         self.config, self.window, self.head_dim = config, window, config.head_dim
         self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, x, prefix=None, position_offset: int = 0):
+    def forward(self, x, prefix=None, position_offset: int = 0, cache=None):
+        """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
+        start; it keeps the rotated keys and values a later query can still see, and the position)."""
         qkv = heads(project_with_prefix(self.linear_qkv, x, prefix), 3, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))             # [b, H_l, P + s, d]
         P = 0 if prefix is None else prefix.shape[0]
         s = q.shape[2] - P
+        if cache is not None:
+            position_offset = cache.setdefault("pos", position_offset)
         positions = torch.arange(position_offset, position_offset + s, device=q.device)
         cos, sin = rotary_cos_sin(positions, self.head_dim, self.config.rotary_base, q.dtype)
-        qs, ks = apply_rotary(q[:, :, P:], cos, sin), apply_rotary(k[:, :, P:], cos, sin)
-        out = prefixed_attention(qs, ks, v[:, :, P:], k[:, :, :P], v[:, :, :P], self.window)
+        qs, ks, vs = apply_rotary(q[:, :, P:], cos, sin), apply_rotary(k[:, :, P:], cos, sin), v[:, :, P:]
+        seen = 0
+        if cache is not None and "k" in cache:
+            seen = cache["k"].shape[2]
+            ks, vs = torch.cat([cache["k"], ks], dim=2), torch.cat([cache["v"], vs], dim=2)
+        out = prefixed_attention(qs, ks, vs, k[:, :, :P], v[:, :, :P], self.window, query_offset=seen)
+        if cache is not None:
+            keep = ks.shape[2] if self.window is None else min(ks.shape[2], self.window - 1)
+            cache["k"], cache["v"] = ks[:, :, ks.shape[2] - keep:], vs[:, :, vs.shape[2] - keep:]
+            cache["pos"] = position_offset + s
         return out.transpose(1, 2)                                       # [b, s, H_l, d]
 
 
@@ -145,7 +157,35 @@ class MemoryBranch(TensorParallelSharded):
         out = mlp_forward([w.float() for w in weights], q.transpose(1, 2).float())
         return out.transpose(1, 2).to(q.dtype)
 
-    def forward(self, x, prefix=None):
-        inputs, _ = self.inputs(x, prefix)
-        out, _ = self.memory(inputs)
-        return out
+    def forward(self, x, prefix=None, state=None):
+        """The memory's outputs for the tokens of x ([b, s, H_l, d]; it reads the prefix first).
+
+        ``state``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
+        start). A stream keeps the conv's last inputs, the memory state at the last chunk boundary and
+        the inputs of the chunk under way, so every piece gives exactly the outputs of one call.
+        """
+        P = 0 if prefix is None else prefix.shape[0]
+        if state is None:
+            inputs, _ = self.inputs(x, prefix)
+            out, _ = self.memory(inputs)
+            return out[:, P:]
+        if state:
+            P, prefix = 0, None  # the prefix was read at the start of the stream
+        inputs, state["conv"] = self.inputs(x, prefix, conv_state=state.get("conv"))
+        pending = state.get("pending")
+        done = 0
+        if pending is not None:
+            done = pending[0].shape[1]
+            inputs = tuple(torch.cat([a, b], dim=1) for a, b in zip(pending, inputs))
+        T, C = inputs[0].shape[1], self.config.memory_chunk_size
+        whole = T // C * C
+        memory, outs = state.get("memory"), []
+        if whole:
+            out, memory = self.memory(tuple(t[:, :whole] for t in inputs), memory)
+            outs.append(out)
+        if T > whole:
+            out, _ = self.memory(tuple(t[:, whole:] for t in inputs), memory)
+            outs.append(out)
+        state["memory"] = memory
+        state["pending"] = tuple(t[:, whole:] for t in inputs) if T > whole else None
+        return torch.cat(outs, dim=1)[:, done + P:]

@@ -50,11 +50,16 @@ def gate_combine(norm_y, norm_m, y, m):
 
 
 class Mixer(TensorParallelSharded):
-    """Shared parts: the persistent tokens and the output projection."""
+    """Shared parts: the persistent tokens, the output projection, and the stream state.
+
+    ``stream_state`` is None for whole sequences; ``TitansLM.stream`` sets it to a dict this mixer
+    keeps between the pieces of one stream (attention cache, memory state, conv inputs).
+    """
 
     def __init__(self, config, layer_number=None, pg_collection=None, **kwargs):
         super().__init__()
         self.config, self.layer_number = config, layer_number
+        self.stream_state = None
         n = config.effective_persistent_tokens
         self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype)) if n else None
         if n and config.perform_initialization:
@@ -63,6 +68,10 @@ class Mixer(TensorParallelSharded):
 
     def prefix(self):
         return self.persistent
+
+    def stream_slot(self, name):
+        """This mixer's stream state for one branch, or None outside a stream."""
+        return None if self.stream_state is None else self.stream_state.setdefault(name, {})
 
     def project_out(self, o):
         out, bias = self.linear_proj(merge_heads(o))
@@ -77,7 +86,7 @@ class TransformerPPMixer(Mixer):
         self.attention = AttentionBranch(config, window=None)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return self.project_out(self.attention(hidden_states))
+        return self.project_out(self.attention(hidden_states, cache=self.stream_slot("attention")))
 
 
 class LMMMixer(Mixer):
@@ -90,11 +99,12 @@ class LMMMixer(Mixer):
         self.norm = head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        P = 0 if self.persistent is None else self.persistent.shape[0]
-        y = self.memory(hidden_states, self.prefix())[:, P:]
-        gate, _ = self.linear_gate(hidden_states)
-        o = self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3))
-        return self.project_out(o)
+        y = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"))
+        return self.gate_and_project(hidden_states, y)
+
+    def gate_and_project(self, x, y):
+        gate, _ = self.linear_gate(x)
+        return self.project_out(self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
 
 
 class MAGMixer(Mixer):
@@ -108,11 +118,10 @@ class MAGMixer(Mixer):
             self.norm_y, self.norm_m = head_norm(config), head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        y = self.attention(hidden_states, self.prefix())
+        y = self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention"))
         if not self.config.has_memory:
             return self.project_out(y)
-        P = 0 if self.persistent is None else self.persistent.shape[0]
-        m = self.memory(hidden_states, self.prefix())[:, P:]
+        m = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"))
         return self.project_out(gate_combine(self.norm_y, self.norm_m, y, m))
 
 
@@ -129,12 +138,9 @@ class MALMixer(Mixer):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         x = hidden_states
         if self.config.has_memory:
-            P = 0 if self.persistent is None else self.persistent.shape[0]
-            memory, layer = self.memory_layer.memory, self.memory_layer
-            y = memory(x, self.prefix())[:, P:]
-            gate, _ = layer.linear_gate(x)
-            x, _ = layer.project_out(layer.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
-        return self.project_out(self.attention(x, self.prefix()))
+            y = self.memory_layer.memory(x, self.prefix(), state=self.stream_slot("memory"))
+            x, _ = self.memory_layer.gate_and_project(x, y)
+        return self.project_out(self.attention(x, self.prefix(), cache=self.stream_slot("attention")))
 
 
 class MACMixer(Mixer):
@@ -157,42 +163,59 @@ class MACMixer(Mixer):
             self.norm_y, self.norm_m = head_norm(config), head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        """Segments of C tokens, in one pass over the pieces of the input: a whole sequence is one
+        piece of a stream that starts and ends here; a stream carries its state between calls."""
         cfg = self.config
         x = hidden_states
         if cfg.sequence_parallel:
+            if self.stream_state is not None:
+                raise ValueError("streaming runs without sequence parallelism")
             # The inner column-parallel projections all-reduce x's gradient: the gather's backward
             # only needs to keep this rank's slice of it.
             x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+        st = {} if self.stream_state is None else self.stream_state
         s, b, _ = x.shape
         C, N_l = cfg.segment_length, cfg.num_memory_tokens
-        if s % C:
-            raise ValueError(f"MAC needs a sequence length that is a multiple of segment_length ({C}), got {s}")
         persistent = self.prefix()
         persistent = None if persistent is None else persistent.expand(-1, b, -1)
-
+        use_tokens = cfg.has_memory and N_l > 0
         if cfg.has_memory:
-            (x_queries, *_), _ = self.memory.inputs(x)              # memory queries of every input token
-        state, conv_state, outs = None, None, []
-        for start in range(0, s, C):
-            x_i = x[start:start + C]
-            prefix = persistent
-            if cfg.has_memory and N_l:
-                if start == 0:
-                    q_mem = self.first_queries.unsqueeze(0).expand(b, -1, -1, -1)
-                else:
-                    q_mem = x_queries[:, start - N_l:start]
-                tokens = self.memory.retrieve(q_mem, state)          # [b, N_l, H_l, d]
-                tokens, _ = self.memory_token_proj(merge_heads(tokens))
-                prefix = tokens if prefix is None else torch.cat([prefix, tokens], dim=0)
-            y = self.attention(x_i, prefix, position_offset=start)   # [b, C, H_l, d]
-            if not cfg.has_memory:
-                outs.append(y)
-                continue
-            y_hidden, _ = self.attention_proj(merge_heads(y))
-            inputs, conv_state = self.memory.inputs(y_hidden, conv_state=conv_state)
-            m, state = self.memory.memory(inputs, state)
-            outs.append(gate_combine(self.norm_y, self.norm_m, y, m))
+            (x_queries, *_), st["x_conv"] = self.memory.inputs(x, conv_state=st.get("x_conv"))
+
+        pos, i, outs = st.get("pos", 0), 0, []
+        while i < s:
+            if (pos + i) % C == 0:  # a segment starts: fresh attention cache, memory tokens from M_{i-1}
+                st["segment"] = {"pos": pos + i}
+                st["tokens"] = self.memory_tokens(b, pos + i, st, x_queries[:, :i]) if use_tokens else None
+            take = min(C - (pos + i) % C, s - i)
+            prefix = [t for t in (persistent, st["tokens"]) if t is not None]
+            y = self.attention(x[i:i + take], torch.cat(prefix) if prefix else None, cache=st["segment"])
+            if cfg.has_memory:
+                y_hidden, _ = self.attention_proj(merge_heads(y))
+                m = self.memory(y_hidden, None, state=st.setdefault("y_memory", {}))
+                y = gate_combine(self.norm_y, self.norm_m, y, m)
+            outs.append(y)
+            i += take
+        if use_tokens:
+            st["queries"] = self.recent_queries(st, x_queries)
+        st["pos"] = pos + s
         return self.project_out(torch.cat(outs, dim=1))  # reduce-scatters back under sequence parallelism
+
+    def recent_queries(self, st, new):
+        """The memory queries of the last N_l inputs seen (earlier pieces included)."""
+        old = st.get("queries")
+        return (new if old is None else torch.cat([old, new], dim=1))[:, -self.config.num_memory_tokens:]
+
+    def memory_tokens(self, b, start, st, queries_before):
+        """h_i: the memory after the previous segment read (no update) with the queries of its last
+        N_l inputs (learned queries for the first segment), projected to hidden space."""
+        if start == 0:
+            q = self.first_queries.unsqueeze(0).expand(b, -1, -1, -1)
+        else:
+            q = self.recent_queries(st, queries_before)
+        tokens = self.memory.retrieve(q, st.get("y_memory", {}).get("memory"))
+        tokens, _ = self.memory_token_proj(merge_heads(tokens))
+        return tokens
 
 
 MIXERS = {"transformer++": TransformerPPMixer, "lmm": LMMMixer, "mag": MAGMixer, "mal": MALMixer, "mac": MACMixer}

@@ -30,6 +30,33 @@ class TitansLM(nn.Module):
         return out
 
 
+    def mixers(self):
+        return [layer.self_attention for layer in self.gpt.decoder.layers]
+
+    @torch.no_grad()
+    def stream(self, input_ids: torch.Tensor, state=None):
+        """Logits of the next piece of a long sequence, carrying every layer's state between calls:
+        ``logits, state = model.stream(piece, state)``, starting with ``state=None``.
+
+        The pieces, concatenated, give the logits of one forward over the whole sequence (any piece
+        lengths), while the state stays the same size whatever the context length (memory weights
+        and momenta, conv inputs, the sliding window's keys and values; Transformer++ keeps all its
+        keys and values, as full attention must).
+        """
+        if self.config.sequence_parallel:
+            raise ValueError("streaming runs without sequence parallelism")
+        state = {} if state is None else state
+        mixers = self.mixers()
+        for i, mixer in enumerate(mixers):
+            mixer.stream_state = state.setdefault(i, {})
+        try:
+            logits = self(input_ids)
+        finally:
+            for mixer in mixers:
+                mixer.stream_state = None
+        return logits, state
+
+
 def build_model(config: TitansConfig, parallel_output: bool = False, seed: int = 0) -> TitansLM:
     """Build the model for ``config``; sets up a one-rank gloo group and Megatron's parallel state if
     the process has none. Every rank draws the same full weights from ``seed``, so models built at
