@@ -100,8 +100,9 @@ class MemoryBranch(TensorParallelSharded):
         self.num_heads, self.head_dim = H_l, d
         self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
         self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads)
-        # Gate biases (choice): theta starts at lr_max / 2, eta near 0.9, alpha near 0.02.
-        biases = torch.tensor([0.0, 2.0, -4.0], dtype=config.params_dtype)
+        # Gate biases (choice): theta starts at lr_max / 2, eta at 0.5, alpha near 0.02. A larger eta
+        # (0.88) with lr_max 0.1 diverged at initialisation on repetitive text (1K tokens, 4 fillers).
+        biases = torch.tensor([0.0, 0.0, -4.0], dtype=config.params_dtype)
         self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(biases.expand_as(t)))
         K = config.conv_kernel
         self.conv_weight = tensor_parallel_parameter(

@@ -29,7 +29,7 @@ class TitansConfig(TransformerConfig):
     memory_expansion: int = 4
     """Hidden width of the memory MLP in multiples of the head dim."""
     memory_chunk_size: int = 16
-    memory_lr_max: float = 0.1
+    memory_lr_max: float = 0.02
     """theta = lr_max * sigmoid(.) (choice; the paper leaves it open)."""
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
