@@ -143,6 +143,8 @@ class MemoryBranch(TensorParallelSharded):
         lr = self.config.memory_lr_max * lr
         if not self.config.memory_momentum:
             momentum = torch.zeros_like(momentum)
+        elif self.config.memory_momentum_ema:
+            lr = lr * (1.0 - momentum)
         if not self.config.memory_forgetting:
             forget = torch.zeros_like(forget)
         return (q, k, v, lr, momentum, forget), conv_state

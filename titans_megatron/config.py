@@ -30,7 +30,10 @@ class TitansConfig(TransformerConfig):
     """Hidden width of the memory MLP in multiples of the head dim."""
     memory_chunk_size: int = 16
     memory_lr_max: float = 0.02
-    """theta = lr_max * sigmoid(.) (choice; the paper leaves it open)."""
+    """theta = lr_max * sigmoid(.) (choice; the paper leaves it open; docs/model.md, stability)."""
+    memory_momentum_ema: bool = False
+    """Experimental: scale theta by (1 - eta), so that momentum averages surprises instead of
+    summing them (a chunk's step stays below lr_max x chunk whatever eta). Off: the spec's formula."""
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
 

@@ -23,7 +23,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 
 from titans_megatron.branches import AttentionBranch, MemoryBranch, column_linear, heads
 from titans_megatron.norms import HeadRMSNorm
-from titans_megatron.parallel import tensor_parallel_parameter, tp_size
+from titans_megatron.parallel import device_of, tensor_parallel_parameter, tp_size
 from titans_megatron.sharding import TensorParallelSharded
 
 
@@ -61,7 +61,8 @@ class Mixer(TensorParallelSharded):
         self.config, self.layer_number = config, layer_number
         self.stream_state = None
         n = config.effective_persistent_tokens
-        self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype)) if n else None
+        self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype,
+                                                   device=device_of(config))) if n else None
         if n and config.perform_initialization:
             config.init_method(self.persistent)
         self.linear_proj = row_linear(config)

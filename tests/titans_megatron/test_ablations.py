@@ -72,3 +72,13 @@ def test_persistent_deep_and_memory_switches(variant):
     else:
         no_memory = build_model(small_config(variant, memory_enabled=False))
         assert not any(isinstance(m, MemoryBranch) for m in no_memory.modules())
+
+
+def test_momentum_ema_scales_theta():
+    """memory_momentum_ema hands the op theta * (1 - eta) (same weights, same inputs otherwise)."""
+    config = small_config("lmm")
+    plain = _memory_inputs(build_model(config), _ids(config))
+    ema = _memory_inputs(build_model(small_config("lmm", memory_momentum_ema=True)), _ids(config))
+    for (*_, lr, momentum, _f), (*_, lr_ema, momentum_ema, _g) in zip(plain, ema):
+        torch.testing.assert_close(momentum_ema, momentum)
+        torch.testing.assert_close(lr_ema, lr * (1 - momentum))
