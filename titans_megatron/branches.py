@@ -137,6 +137,8 @@ class MemoryBranch(TensorParallelSharded):
         qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], self.num_heads, 3, self.head_dim)
         q, k, v = qkv.unbind(3)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.config.memory_value_norm:
+            v = F.normalize(v, dim=-1)
         g = project_with_prefix(self.linear_gates, x, prefix).transpose(0, 1)
         g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], self.num_heads, 3) + self.gate_bias)
         lr, momentum, forget = g.unbind(-1)

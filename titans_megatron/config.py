@@ -31,9 +31,11 @@ class TitansConfig(TransformerConfig):
     memory_chunk_size: int = 16
     memory_lr_max: float = 0.02
     """theta = lr_max * sigmoid(.) (choice; the paper leaves it open; docs/model.md, stability)."""
-    memory_momentum_ema: bool = False
-    """Experimental: scale theta by (1 - eta), so that momentum averages surprises instead of
-    summing them (a chunk's step stays below lr_max x chunk whatever eta). Off: the spec's formula."""
+    memory_value_norm: bool = True
+    memory_momentum_ema: bool = True
+    """Stability (choices; docs/model.md): L2-normalise the memory's values per head like its keys,
+    and hand the op theta * (1 - eta) so that momentum averages surprises instead of summing them.
+    Without both, training diverged in every recall run; False restores the spec's literal formulas."""
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
 

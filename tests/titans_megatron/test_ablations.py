@@ -77,8 +77,16 @@ def test_persistent_deep_and_memory_switches(variant):
 def test_momentum_ema_scales_theta():
     """memory_momentum_ema hands the op theta * (1 - eta) (same weights; the first layer's memory sees
     the same inputs, later layers differ because the first one's output does)."""
-    config = small_config("lmm")
+    config = small_config("lmm", memory_momentum_ema=False)
     (*_, lr, momentum, _f) = _memory_inputs(build_model(config), _ids(config))[0]
     (*_, lr_ema, momentum_ema, _g) = _memory_inputs(build_model(small_config("lmm", memory_momentum_ema=True)), _ids(config))[0]
     torch.testing.assert_close(momentum_ema, momentum)
     torch.testing.assert_close(lr_ema, lr * (1 - momentum))
+
+
+def test_value_norm_switch():
+    for on in (True, False):
+        config = small_config("lmm", memory_value_norm=on)
+        (_, _, v, *_), *_ = _memory_inputs(build_model(config), _ids(config))
+        norms = v.norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) == on
