@@ -51,7 +51,7 @@ def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):
     dcoef.lr[:, :n] += dc * end.dm
 
     # 2. Query path, last layer first: z = beta o (P W) + phi o (P S) - (G o P X^T) Delta.
-    dz = dout
+    dz, dp = dout, None  # dp: gradient w.r.t. the layer input, carried to the layer below
     dG = torch.zeros_like(G)
     for layer in range(L - 1, -1, -1):
         if layer < L - 1:

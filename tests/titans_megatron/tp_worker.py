@@ -1,6 +1,5 @@
 """One rank of a tensor-parallel run (spawned by test_tensor_parallel.py): logits and full gradients."""
 
-import os
 import sys
 import warnings
 
