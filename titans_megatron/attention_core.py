@@ -1,14 +1,22 @@
 """Our attention core: causal, optional sliding window, a prefix visible to every query.
 
-Works on per-head tensors [B, H, T, d] on any device through SDPA with an explicit mask. The prefix
-(persistent tokens, MAC's memory tokens) is visible to every query whatever the window; queries see
-themselves and earlier tokens no further back than ``window`` (None: full causal).
+Works on per-head tensors [B, H, T, d] on any device. Two kernels compute the same function:
+- ``sdpa``: torch's scaled_dot_product_attention with an explicit boolean mask (any device; the mask
+  costs O(T^2) memory);
+- ``flex``: torch's flex_attention with a block mask built from the same rule (compiled on CUDA,
+  where it skips fully masked blocks; runs uncompiled on CPU, which is how it is tested there).
+``auto`` takes ``flex`` on CUDA and ``sdpa`` elsewhere. The prefix (persistent tokens, MAC's memory
+tokens) is visible to every query whatever the window; queries see themselves and earlier tokens no
+further back than ``window`` (None: full causal).
 """
 
+import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "flex")
 
 
 def attention_mask(num_queries: int, num_prefix: int, window: Optional[int], device, query_offset: int = 0,
@@ -27,14 +35,49 @@ def attention_mask(num_queries: int, num_prefix: int, window: Optional[int], dev
     return torch.cat([prefix, allowed], dim=1)
 
 
-def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0):
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask(num_queries, num_prefix, num_keys, window, query_offset, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        k_pos, q_pos = kv_idx - num_prefix, q_idx + query_offset
+        allowed = (kv_idx < num_prefix) | (k_pos <= q_pos)
+        if window is not None:
+            allowed = (kv_idx < num_prefix) | ((k_pos <= q_pos) & (q_pos - k_pos < window))
+        return allowed
+
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=num_queries, KV_LEN=num_prefix + num_keys,
+                             device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _flex_kernel(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if compiled else flex_attention
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return backend
+
+
+def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0,
+                       backend: str = "auto"):
     """softmax(q k^T / sqrt(d)) v over [prefix || keys], masked as ``attention_mask`` says.
 
     q: [B, H, Tq, d]; k, v: [B, H, Tk, d]; prefix_k/v: [B, H, P, d] or None.
     """
     num_prefix = 0 if prefix_k is None else prefix_k.shape[2]
+    num_keys = k.shape[2]
     if num_prefix:
         k = torch.cat([prefix_k, k], dim=2)
         v = torch.cat([prefix_v, v], dim=2)
-    mask = attention_mask(q.shape[2], num_prefix, window, q.device, query_offset, k.shape[2] - num_prefix)
+    if resolve_backend(backend, q.device) == "flex":
+        block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device))
+        return _flex_kernel(q.device.type == "cuda")(q, k, v, block_mask=block_mask)
+    mask = attention_mask(q.shape[2], num_prefix, window, q.device, query_offset, num_keys)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -77,7 +77,8 @@ class AttentionBranch(TensorParallelSharded):
         if cache is not None and "k" in cache:
             seen = cache["k"].shape[2]
             ks, vs = torch.cat([cache["k"], ks], dim=2), torch.cat([cache["v"], vs], dim=2)
-        out = prefixed_attention(qs, ks, vs, k[:, :, :P], v[:, :, :P], self.window, query_offset=seen)
+        out = prefixed_attention(qs, ks, vs, k[:, :, :P], v[:, :, :P], self.window, query_offset=seen,
+                                 backend=self.config.attention_backend)
         if cache is not None:
             keep = ks.shape[2] if self.window is None else min(ks.shape[2], self.window - 1)
             cache["k"], cache["v"] = ks[:, :, ks.shape[2] - keep:], vs[:, :, vs.shape[2] - keep:]

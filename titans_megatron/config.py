@@ -48,6 +48,8 @@ class TitansConfig(TransformerConfig):
     num_memory_tokens: int = 256
     """MAC memory tokens N_l retrieved per segment."""
     rotary_base: float = 10000.0
+    attention_backend: str = "auto"
+    """auto (flex_attention on CUDA, SDPA elsewhere), sdpa, or flex."""
 
     # Ablation switches (section 5): each removes its component.
     memory_momentum: bool = True
@@ -62,6 +64,8 @@ class TitansConfig(TransformerConfig):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         super().__post_init__()
+        if self.attention_backend not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"attention_backend must be one of ['auto', 'sdpa', 'flex'], got {self.attention_backend!r}")
         if self.make_vocab_size_divisible_by % self.tensor_model_parallel_size:
             raise ValueError(f"make_vocab_size_divisible_by ({self.make_vocab_size_divisible_by}) must be a multiple "
                              f"of tensor_model_parallel_size ({self.tensor_model_parallel_size})")
