@@ -49,7 +49,7 @@ class TitansConfig(TransformerConfig):
     """MAC memory tokens N_l retrieved per segment."""
     rotary_base: float = 10000.0
     attention_backend: str = "auto"
-    """auto (flex_attention on CUDA, SDPA elsewhere), sdpa, or flex."""
+    """sdpa, flex (flex_attention, compiled on CUDA) or auto (sdpa until flex is validated on a GPU)."""
 
     # Ablation switches (section 5): each removes its component.
     memory_momentum: bool = True

@@ -43,3 +43,19 @@ def test_model_logits_equal_across_backends(variant):
 def test_unknown_backend():
     with pytest.raises(ValueError, match=r"attention_backend must be one of \['auto', 'sdpa', 'flex'\], got 'fa9'"):
         small_config("mag", attention_backend="fa9")
+
+
+@pytest.mark.gpu
+def test_flex_on_cuda_equals_sdpa_forward_and_backward():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 512, 64, generator=g).cuda().requires_grad_() for _ in range(3))
+    pk, pv = (torch.randn(2, 4, 16, 64, generator=g).cuda().requires_grad_() for _ in range(2))
+    grads = {}
+    for backend in ("sdpa", "flex"):
+        out = prefixed_attention(q, k, v, pk, pv, 128, 0, backend)
+        out.square().sum().backward()
+        grads[backend] = [out.detach()] + [t.grad.clone() for t in (q, k, v, pk, pv)]
+        for t in (q, k, v, pk, pv):
+            t.grad = None
+    for a, b in zip(grads["sdpa"], grads["flex"]):
+        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
