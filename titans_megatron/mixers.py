@@ -152,7 +152,6 @@ class MACMixer(Mixer):
         # Inside the segment loop the full sequence is at hand: sequence parallelism is undone at the
         # mixer's borders instead of inside each projection.
         inner = dataclasses.replace(config, sequence_parallel=False) if config.sequence_parallel else config
-        self.inner_config = inner
         self.attention = AttentionBranch(inner, window=None)
         self.attention_proj = row_linear(inner)
         if config.has_memory:
