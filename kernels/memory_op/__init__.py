@@ -20,6 +20,12 @@ BACKENDS = {
     "sequential": neural_memory_sequential,
     "torch": neural_memory_chunked,
 }
+try:  # the Triton kernels need the triton package (bundled with CUDA builds of torch)
+    from kernels.memory_op.triton_backend import neural_memory_triton
+except ImportError:
+    pass
+else:
+    BACKENDS["triton"] = neural_memory_triton
 KNOWN_BACKENDS = ("auto", "sequential", "torch", "triton")
 
 
