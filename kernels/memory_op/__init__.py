@@ -9,22 +9,23 @@ state); momenta: None (zeros) or tensors shaped [B, H, d_in, d_out]. Returns ``o
 q's dtype and the state after the last token, in fp32 (fp64 when any input is fp64).
 """
 
+import importlib.util
+
 import torch
 
 from kernels.memory_op.checks import check_arguments
 from kernels.memory_op.chunk import neural_memory_chunked
 from kernels.memory_op.naive import neural_memory_sequential
+from kernels.memory_op.triton_backend import neural_memory_triton
 
 # name -> implementation; every implementation takes the validated arguments plus the compute dtype.
 BACKENDS = {
     "sequential": neural_memory_sequential,
     "torch": neural_memory_chunked,
 }
-try:  # the Triton kernels need the triton package (bundled with CUDA builds of torch)
-    from kernels.memory_op.triton_backend import neural_memory_triton
-except ImportError:
-    pass
-else:
+# The Triton kernels need the triton package (bundled with CUDA builds of torch). It is imported at
+# the first launch, not here: TRITON_INTERPRET must be set before triton is first imported.
+if importlib.util.find_spec("triton") is not None:
     BACKENDS["triton"] = neural_memory_triton
 KNOWN_BACKENDS = ("auto", "sequential", "torch", "triton")
 

@@ -57,9 +57,10 @@ def _block(width: int) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """bf16 tensor-core dots for half inputs; fp32 inputs follow torch's TF32 switch."""
+    """Half inputs take tensor-core dots in their own type; fp32 inputs follow torch's TF32 switch."""
     if dtype in (torch.bfloat16, torch.float16):
-        return "bf16"
+        name = "bf16" if dtype == torch.bfloat16 else "fp16"
+        return f"{name}_rounded" if interpreting() else name
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not interpreting() else "ieee"
 
 

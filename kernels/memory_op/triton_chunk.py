@@ -25,9 +25,22 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 @triton.jit
 def _mm(a, b, PRECISION: tl.constexpr):
-    """a @ b with an fp32 accumulator; operands in bf16 for PRECISION "bf16", else fp32 ("ieee"/"tf32")."""
+    """a @ b with an fp32 accumulator. PRECISION "bf16"/"fp16": tensor-core dots on operands rounded to
+    that type; "ieee"/"tf32": fp32 operands. "bf16_rounded"/"fp16_rounded" are the same products for
+    the interpreter, whose half-precision dot is wrong (triton 3.9): operands rounded, then multiplied
+    exactly in fp32 (a product of two half values is exact in fp32)."""
     if PRECISION == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif PRECISION == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+    elif PRECISION == "bf16_rounded":
+        a16 = a.to(tl.bfloat16).to(tl.float32)
+        b16 = b.to(tl.bfloat16).to(tl.float32)
+        return tl.dot(a16, b16, input_precision="ieee", out_dtype=tl.float32)
+    elif PRECISION == "fp16_rounded":
+        a16 = a.to(tl.float16).to(tl.float32)
+        b16 = b.to(tl.float16).to(tl.float32)
+        return tl.dot(a16, b16, input_precision="ieee", out_dtype=tl.float32)
     else:
         return tl.dot(a, b, input_precision=PRECISION, out_dtype=tl.float32)
 
