@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
+
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
 
 
@@ -38,6 +40,8 @@ class TitansConfig(TransformerConfig):
     Without both, training diverged in every recall run; False restores the spec's literal formulas."""
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
+    memory_backend: str = "auto"
+    """kernels.neural_memory backend: auto (Triton kernels on CUDA, else torch), triton, torch, sequential."""
 
     # Attention and the variants (section 3).
     window_size: int = 2048
@@ -64,6 +68,8 @@ class TitansConfig(TransformerConfig):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         super().__post_init__()
+        if self.memory_backend not in MEMORY_BACKENDS:
+            raise ValueError(f"memory_backend must be one of {list(MEMORY_BACKENDS)}, got {self.memory_backend!r}")
         if self.attention_backend not in ("auto", "sdpa", "flex"):
             raise ValueError(f"attention_backend must be one of ['auto', 'sdpa', 'flex'], got {self.attention_backend!r}")
         if self.make_vocab_size_divisible_by % self.tensor_model_parallel_size:

@@ -13,6 +13,8 @@ CASES = {
     "memory tokens": (dict(variant="mac", num_memory_tokens=17), r"num_memory_tokens \(17\) cannot exceed segment_length \(16\)"),
     "segment vs chunk": (dict(variant="mac", memory_chunk_size=5), r"segment_length \(16\) must be a multiple of memory_chunk_size \(5\)"),
     "chunk zero": (dict(memory_chunk_size=0), r"memory_chunk_size must be >= 1, got 0"),
+    "memory backend": (dict(memory_backend="cuda"),
+                       r"memory_backend must be one of \['auto', 'sequential', 'torch', 'triton'\], got 'cuda'"),
 }
 
 
