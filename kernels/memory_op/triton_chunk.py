@@ -71,6 +71,55 @@ def _total(x):
     return tl.sum(tl.sum(x, 1), 0)
 
 
+@triton.jit
+def _state_d1(ptr, cols, D: tl.constexpr):
+    """Columns ``cols`` of a depth-1 state: W, S [D, BO]."""
+    rd = tl.arange(0, D)
+    return tl.load(_tile(ptr, rd, cols, D)), tl.load(_tile(ptr + D * D, rd, cols, D))
+
+
+@triton.jit
+def _store_state_d1(ptr, cols, w, s, D: tl.constexpr):
+    rd = tl.arange(0, D)
+    tl.store(_tile(ptr, rd, cols, D), w)
+    tl.store(_tile(ptr + D * D, rd, cols, D), s)
+
+
+@triton.jit
+def _state_d2(ptr, cols, D: tl.constexpr, HID: tl.constexpr):
+    """Hidden block ``cols`` of a depth-2 state: W1, S1 [D, BH] and W2, S2 [BH, D]."""
+    rd = tl.arange(0, D)
+    return (tl.load(_tile(ptr, rd, cols, HID)), tl.load(_tile(ptr + D * HID, rd, cols, HID)),
+            tl.load(_tile(ptr + 2 * D * HID, cols, rd, D)), tl.load(_tile(ptr + 3 * D * HID, cols, rd, D)))
+
+
+@triton.jit
+def _weights_d2(ptr, cols, D: tl.constexpr, HID: tl.constexpr):
+    """W1, W2 of hidden block ``cols`` (the key pass needs no S)."""
+    rd = tl.arange(0, D)
+    return tl.load(_tile(ptr, rd, cols, HID)), tl.load(_tile(ptr + 2 * D * HID, cols, rd, D))
+
+
+@triton.jit
+def _store_state_d2(ptr, cols, w1, s1, w2, s2, D: tl.constexpr, HID: tl.constexpr):
+    rd = tl.arange(0, D)
+    tl.store(_tile(ptr, rd, cols, HID), w1)
+    tl.store(_tile(ptr + D * HID, rd, cols, HID), s1)
+    tl.store(_tile(ptr + 2 * D * HID, cols, rd, D), w2)
+    tl.store(_tile(ptr + 3 * D * HID, cols, rd, D), s2)
+
+
+@triton.jit
+def _row(rows, slot, cols, C: tl.constexpr, HID: tl.constexpr):
+    """Block ``cols`` of a [C, HID] row slot of the scratch."""
+    return tl.load(_tile(rows + slot * C * HID, tl.arange(0, C), cols, HID))
+
+
+@triton.jit
+def _store_row(rows, slot, cols, x, C: tl.constexpr, HID: tl.constexpr):
+    tl.store(_tile(rows + slot * C * HID, tl.arange(0, C), cols, HID), x)
+
+
 # ----------------------------------------------------------------------------------------------------
 # depth 1: W, S [D, D]; out = beta o (Q W) + phi o (Q S) - (G o Q K^T) Delta, Delta = 2 (K W - V)
 
@@ -82,27 +131,23 @@ def fwd_chunk_d1(src, dst, ckpt, save, vrow, orow, row_mask, q, k, G, beta, phi,
     """One chunk; ``vrow``/``orow``: pointers of the chunk's v / out rows at column 0 (``[C, 1]``),
     stored and loaded per block of BO columns. Writes the end state to ``dst`` (and ``src`` to ``ckpt``
     when ``save``)."""
-    rd = tl.arange(0, D)
     ro = tl.arange(0, BO)
-    S_OFF: tl.constexpr = D * D
+    kt = tl.trans(k)
     gm = G
     if NEED_OUT:
-        gm = G * _mm(q, tl.trans(k), PRECISION)
+        gm = G * _mm(q, kt, PRECISION)
     for ob in range(0, D, BO):
         cols = ob + ro
-        w = tl.load(_tile(src, rd, cols, D))
-        s = tl.load(_tile(src + S_OFF, rd, cols, D))
+        w, s = _state_d1(src, cols, D)
         v = tl.load(vrow + cols[None, :], mask=row_mask, other=0.0).to(tl.float32)
         delta = 2.0 * (_mm(k, w, PRECISION) - v)
         if NEED_OUT:
             out = beta[:, None] * _mm(q, w, PRECISION) + phi[:, None] * _mm(q, s, PRECISION) - _mm(gm, delta, PRECISION)
             tl.store(orow + cols[None, :], out.to(orow.dtype.element_ty), mask=row_mask)
-        kt = tl.trans(k)
-        tl.store(_tile(dst, rd, cols, D), beta_n * w + phi_n * s - _mm(kt, g[:, None] * delta, PRECISION))
-        tl.store(_tile(dst + S_OFF, rd, cols, D), m_n * s - _mm(kt, cv[:, None] * delta, PRECISION))
+        _store_state_d1(dst, cols, beta_n * w + phi_n * s - _mm(kt, g[:, None] * delta, PRECISION),
+                        m_n * s - _mm(kt, cv[:, None] * delta, PRECISION), D)
         if save:
-            tl.store(_tile(ckpt, rd, cols, D), w)
-            tl.store(_tile(ckpt + S_OFF, rd, cols, D), s)
+            _store_state_d1(ckpt, cols, w, s, D)
 
 
 @triton.jit
@@ -110,9 +155,7 @@ def bwd_chunk_d1(src, dsrc, ddst, vrow, dorow, dvrow, row_mask, q, k, G, beta, p
                  D: tl.constexpr, C: tl.constexpr, BO: tl.constexpr, PRECISION: tl.constexpr):
     """Backward of ``fwd_chunk_d1``: reads the state gradient after the chunk from ``dsrc``, writes the
     one before it to ``ddst`` and dv per column block; returns dq, dk and the coefficient gradients."""
-    rd = tl.arange(0, D)
     ro = tl.arange(0, BO)
-    S_OFF: tl.constexpr = D * D
     px = _mm(q, tl.trans(k), PRECISION)
     gmt = tl.trans(G * px)
     kt = tl.trans(k)
@@ -129,10 +172,8 @@ def bwd_chunk_d1(src, dsrc, ddst, vrow, dorow, dvrow, row_mask, q, k, G, beta, p
     dm_n = 0.0
     for ob in range(0, D, BO):
         cols = ob + ro
-        w = tl.load(_tile(src, rd, cols, D))
-        s = tl.load(_tile(src + S_OFF, rd, cols, D))
-        dwe = tl.load(_tile(dsrc, rd, cols, D))
-        dse = tl.load(_tile(dsrc + S_OFF, rd, cols, D))
+        w, s = _state_d1(src, cols, D)
+        dwe, dse = _state_d1(dsrc, cols, D)
         v = tl.load(vrow + cols[None, :], mask=row_mask, other=0.0).to(tl.float32)
         dout = tl.load(dorow + cols[None, :], mask=row_mask, other=0.0).to(tl.float32)
         delta = 2.0 * (_mm(k, w, PRECISION) - v)
@@ -157,8 +198,8 @@ def bwd_chunk_d1(src, dsrc, ddst, vrow, dorow, dvrow, row_mask, q, k, G, beta, p
         dy = 2.0 * ddelta
         tl.store(dvrow + cols[None, :], -dy, mask=row_mask)
         dk += _mm(dy, tl.trans(w), PRECISION)
-        tl.store(_tile(ddst, rd, cols, D), beta_n * dwe + _mm(qt, bdo, PRECISION) + _mm(kt, dy, PRECISION))
-        tl.store(_tile(ddst + S_OFF, rd, cols, D), phi_n * dwe + m_n * dse + _mm(qt, pdo, PRECISION))
+        _store_state_d1(ddst, cols, beta_n * dwe + _mm(qt, bdo, PRECISION) + _mm(kt, dy, PRECISION),
+                        phi_n * dwe + m_n * dse + _mm(qt, pdo, PRECISION), D)
     dG = dA * px
     dpx = dA * G
     dq += _mm(dpx, k, PRECISION)
@@ -186,26 +227,24 @@ def _key_pass_d2(src, rows, k, v, D: tl.constexpr, HID: tl.constexpr, C: tl.cons
                  PRECISION: tl.constexpr):
     """A1 = K W1, X2 = gelu(A1), Delta2 = 2 (X2 W2 - V), E1 = Delta2 W2^T, Delta1 = E1 o gelu'(A1);
     rows A1, X2, E1, D1 go to the scratch, Delta2 is returned."""
-    rc = tl.arange(0, C)
-    rd = tl.arange(0, D)
     rh = tl.arange(0, BH)
-    W2_OFF: tl.constexpr = 2 * D * HID
     y = tl.zeros([C, D], tl.float32)
     for hb in range(0, HID, BH):
         cols = hb + rh
-        a1 = _mm(k, tl.load(_tile(src, rd, cols, HID)), PRECISION)
+        w1, w2 = _weights_d2(src, cols, D, HID)
+        a1 = _mm(k, w1, PRECISION)
         x2 = _gelu(a1)
-        tl.store(_tile(rows + _A1 * C * HID, rc, cols, HID), a1)
-        tl.store(_tile(rows + _X2 * C * HID, rc, cols, HID), x2)
-        y += _mm(x2, tl.load(_tile(src + W2_OFF, cols, rd, D)), PRECISION)
+        _store_row(rows, _A1, cols, a1, C, HID)
+        _store_row(rows, _X2, cols, x2, C, HID)
+        y += _mm(x2, w2, PRECISION)
     delta2 = 2.0 * (y - v)
     tl.debug_barrier()
     for hb in range(0, HID, BH):
         cols = hb + rh
-        e1 = _mm(delta2, tl.trans(tl.load(_tile(src + W2_OFF, cols, rd, D))), PRECISION)
-        a1 = tl.load(_tile(rows + _A1 * C * HID, rc, cols, HID))
-        tl.store(_tile(rows + _E1 * C * HID, rc, cols, HID), e1)
-        tl.store(_tile(rows + _D1 * C * HID, rc, cols, HID), e1 * _gelu_grad(a1))
+        w1, w2 = _weights_d2(src, cols, D, HID)
+        e1 = _mm(delta2, tl.trans(w2), PRECISION)
+        _store_row(rows, _E1, cols, e1, C, HID)
+        _store_row(rows, _D1, cols, e1 * _gelu_grad(_row(rows, _A1, cols, C, HID)), C, HID)
     tl.debug_barrier()
     return delta2
 
@@ -215,12 +254,7 @@ def fwd_chunk_d2(src, dst, ckpt, save, rows, q, k, v, G, beta, phi, g, cv, beta_
                  D: tl.constexpr, HID: tl.constexpr, C: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
                  NEED_OUT: tl.constexpr):
     """One chunk: returns the output rows (zeros unless NEED_OUT) and writes the end state to ``dst``."""
-    rc = tl.arange(0, C)
-    rd = tl.arange(0, D)
     rh = tl.arange(0, BH)
-    S1_OFF: tl.constexpr = D * HID
-    W2_OFF: tl.constexpr = 2 * D * HID
-    S2_OFF: tl.constexpr = 3 * D * HID
     delta2 = _key_pass_d2(src, rows, k, v, D, HID, C, BH, PRECISION)
     gd2 = g[:, None] * delta2
     cd2 = cv[:, None] * delta2
@@ -232,27 +266,22 @@ def fwd_chunk_d2(src, dst, ckpt, save, rows, q, k, v, G, beta, phi, g, cv, beta_
     px2 = tl.zeros([C, C], tl.float32)
     for hb in range(0, HID, BH):
         cols = hb + rh
-        w1 = tl.load(_tile(src, rd, cols, HID))
-        s1 = tl.load(_tile(src + S1_OFF, rd, cols, HID))
-        w2 = tl.load(_tile(src + W2_OFF, cols, rd, D))
-        s2 = tl.load(_tile(src + S2_OFF, cols, rd, D))
-        d1 = tl.load(_tile(rows + _D1 * C * HID, rc, cols, HID))
-        x2 = tl.load(_tile(rows + _X2 * C * HID, rc, cols, HID))
+        w1, s1, w2, s2 = _state_d2(src, cols, D, HID)
+        d1 = _row(rows, _D1, cols, C, HID)
+        x2 = _row(rows, _X2, cols, C, HID)
         if NEED_OUT:
             z1 = beta[:, None] * _mm(q, w1, PRECISION) + phi[:, None] * _mm(q, s1, PRECISION) - _mm(gm1, d1, PRECISION)
             p2 = _gelu(z1)
             acc += beta[:, None] * _mm(p2, w2, PRECISION) + phi[:, None] * _mm(p2, s2, PRECISION)
             px2 += _mm(p2, tl.trans(x2), PRECISION)
         x2t = tl.trans(x2)
-        tl.store(_tile(dst, rd, cols, HID), beta_n * w1 + phi_n * s1 - _mm(kt, g[:, None] * d1, PRECISION))
-        tl.store(_tile(dst + S1_OFF, rd, cols, HID), m_n * s1 - _mm(kt, cv[:, None] * d1, PRECISION))
-        tl.store(_tile(dst + W2_OFF, cols, rd, D), beta_n * w2 + phi_n * s2 - _mm(x2t, gd2, PRECISION))
-        tl.store(_tile(dst + S2_OFF, cols, rd, D), m_n * s2 - _mm(x2t, cd2, PRECISION))
+        _store_state_d2(dst, cols,
+                        beta_n * w1 + phi_n * s1 - _mm(kt, g[:, None] * d1, PRECISION),
+                        m_n * s1 - _mm(kt, cv[:, None] * d1, PRECISION),
+                        beta_n * w2 + phi_n * s2 - _mm(x2t, gd2, PRECISION),
+                        m_n * s2 - _mm(x2t, cd2, PRECISION), D, HID)
         if save:
-            tl.store(_tile(ckpt, rd, cols, HID), w1)
-            tl.store(_tile(ckpt + S1_OFF, rd, cols, HID), s1)
-            tl.store(_tile(ckpt + W2_OFF, cols, rd, D), w2)
-            tl.store(_tile(ckpt + S2_OFF, cols, rd, D), s2)
+            _store_state_d2(ckpt, cols, w1, s1, w2, s2, D, HID)
     out = acc
     if NEED_OUT:
         out = acc - _mm(G * px2, delta2, PRECISION)
@@ -266,13 +295,7 @@ def bwd_chunk_d2(src, dsrc, ddst, rows, q, k, v, dout, G, beta, phi, g, cv, beta
     """Backward of ``fwd_chunk_d2`` from the chunk's start state ``src``: recomputes the activations,
     reads the state gradient after the chunk from ``dsrc``, writes the one before it to ``ddst``, and
     returns dq, dk, dv and the coefficient gradients."""
-    rc = tl.arange(0, C)
-    rd = tl.arange(0, D)
     rh = tl.arange(0, BH)
-    S1_OFF: tl.constexpr = D * HID
-    W2_OFF: tl.constexpr = 2 * D * HID
-    S2_OFF: tl.constexpr = 3 * D * HID
-    RS: tl.constexpr = C * HID
     kt = tl.trans(k)
     qt = tl.trans(q)
 
@@ -285,17 +308,15 @@ def bwd_chunk_d2(src, dsrc, ddst, rows, q, k, v, dout, G, beta, phi, g, cv, beta
     px2 = tl.zeros([C, C], tl.float32)
     for hb in range(0, HID, BH):
         cols = hb + rh
-        w1 = tl.load(_tile(src, rd, cols, HID))
-        s1 = tl.load(_tile(src + S1_OFF, rd, cols, HID))
-        d1 = tl.load(_tile(rows + _D1 * RS, rc, cols, HID))
+        w1, s1, w2, s2 = _state_d2(src, cols, D, HID)
+        d1 = _row(rows, _D1, cols, C, HID)
         z1 = beta[:, None] * _mm(q, w1, PRECISION) + phi[:, None] * _mm(q, s1, PRECISION) - _mm(gm1, d1, PRECISION)
         p2 = _gelu(z1)
-        tl.store(_tile(rows + _Z1 * RS, rc, cols, HID), z1)
-        tl.store(_tile(rows + _P2 * RS, rc, cols, HID), p2)
-        x2 = tl.load(_tile(rows + _X2 * RS, rc, cols, HID))
-        pw2 += _mm(p2, tl.load(_tile(src + W2_OFF, cols, rd, D)), PRECISION)
-        ps2 += _mm(p2, tl.load(_tile(src + S2_OFF, cols, rd, D)), PRECISION)
-        px2 += _mm(p2, tl.trans(x2), PRECISION)
+        _store_row(rows, _Z1, cols, z1, C, HID)
+        _store_row(rows, _P2, cols, p2, C, HID)
+        pw2 += _mm(p2, w2, PRECISION)
+        ps2 += _mm(p2, s2, PRECISION)
+        px2 += _mm(p2, tl.trans(_row(rows, _X2, cols, C, HID)), PRECISION)
     tl.debug_barrier()
 
     # Layer 2's query path (dz = dout) and what of the end-of-chunk update needs no block loop.
@@ -323,25 +344,17 @@ def bwd_chunk_d2(src, dsrc, ddst, rows, q, k, v, dout, G, beta, phi, g, cv, beta
     dm_n = 0.0
     for hb in range(0, HID, BH):
         cols = hb + rh
-        w1 = tl.load(_tile(src, rd, cols, HID))
-        s1 = tl.load(_tile(src + S1_OFF, rd, cols, HID))
-        w2 = tl.load(_tile(src + W2_OFF, cols, rd, D))
-        s2 = tl.load(_tile(src + S2_OFF, cols, rd, D))
-        dw1e = tl.load(_tile(dsrc, rd, cols, HID))
-        ds1e = tl.load(_tile(dsrc + S1_OFF, rd, cols, HID))
-        dw2e = tl.load(_tile(dsrc + W2_OFF, cols, rd, D))
-        ds2e = tl.load(_tile(dsrc + S2_OFF, cols, rd, D))
-        x2 = tl.load(_tile(rows + _X2 * RS, rc, cols, HID))
-        z1 = tl.load(_tile(rows + _Z1 * RS, rc, cols, HID))
-        d1 = tl.load(_tile(rows + _D1 * RS, rc, cols, HID))
-        a1 = tl.load(_tile(rows + _A1 * RS, rc, cols, HID))
+        w1, s1, w2, s2 = _state_d2(src, cols, D, HID)
+        dw1e, ds1e, dw2e, ds2e = _state_d2(dsrc, cols, D, HID)
+        x2 = _row(rows, _X2, cols, C, HID)
+        d1 = _row(rows, _D1, cols, C, HID)
         dbeta_n += _total(w1 * dw1e) + _total(w2 * dw2e)
         dphi_n += _total(s1 * dw1e) + _total(s2 * dw2e)
         dm_n += _total(s1 * ds1e) + _total(s2 * ds2e)
         xdw2 += _mm(x2, dw2e, PRECISION)
         xds2 += _mm(x2, ds2e, PRECISION)
         dp2 = _mm(bdo, tl.trans(w2), PRECISION) + _mm(pdo, tl.trans(s2), PRECISION) + _mm(dpx2, x2, PRECISION)
-        dz1 = dp2 * _gelu_grad(z1)
+        dz1 = dp2 * _gelu_grad(_row(rows, _Z1, cols, C, HID))
         dbeta += tl.sum(_mm(q, w1, PRECISION) * dz1, 1)
         dphi += tl.sum(_mm(q, s1, PRECISION) * dz1, 1)
         dq += _mm(beta[:, None] * dz1, tl.trans(w1), PRECISION) + _mm(phi[:, None] * dz1, tl.trans(s1), PRECISION)
@@ -352,11 +365,11 @@ def bwd_chunk_d2(src, dsrc, ddst, rows, q, k, v, dout, G, beta, phi, g, cv, beta
         dc -= tl.sum(kds1 * d1, 1)
         dk -= _mm(g[:, None] * d1, tl.trans(dw1e), PRECISION) + _mm(cv[:, None] * d1, tl.trans(ds1e), PRECISION)
         dd1 = -(g[:, None] * kdw1 + cv[:, None] * kds1) - _mm(gmt1, dz1, PRECISION)
-        de1 = dd1 * _gelu_grad(a1)
+        de1 = dd1 * _gelu_grad(_row(rows, _A1, cols, C, HID))
         dd2 += _mm(de1, w2, PRECISION)
-        tl.store(_tile(rows + _DD1 * RS, rc, cols, HID), dd1)
-        tl.store(_tile(rows + _DZ1 * RS, rc, cols, HID), dz1)
-        tl.store(_tile(rows + _DE1 * RS, rc, cols, HID), de1)
+        _store_row(rows, _DD1, cols, dd1, C, HID)
+        _store_row(rows, _DZ1, cols, dz1, C, HID)
+        _store_row(rows, _DE1, cols, de1, C, HID)
     tl.debug_barrier()
 
     # Delta2 is complete: layer 2's end-of-chunk terms, then dy, dv and layer 1's score gradients.
@@ -375,30 +388,24 @@ def bwd_chunk_d2(src, dsrc, ddst, rows, q, k, v, dout, G, beta, phi, g, cv, beta
     # Pass 2: the key path of layer 1 and every weight gradient.
     for hb in range(0, HID, BH):
         cols = hb + rh
-        w1 = tl.load(_tile(src, rd, cols, HID))
-        w2 = tl.load(_tile(src + W2_OFF, cols, rd, D))
-        dw1e = tl.load(_tile(dsrc, rd, cols, HID))
-        ds1e = tl.load(_tile(dsrc + S1_OFF, rd, cols, HID))
-        dw2e = tl.load(_tile(dsrc + W2_OFF, cols, rd, D))
-        ds2e = tl.load(_tile(dsrc + S2_OFF, cols, rd, D))
-        x2 = tl.load(_tile(rows + _X2 * RS, rc, cols, HID))
-        p2 = tl.load(_tile(rows + _P2 * RS, rc, cols, HID))
-        a1 = tl.load(_tile(rows + _A1 * RS, rc, cols, HID))
-        e1 = tl.load(_tile(rows + _E1 * RS, rc, cols, HID))
-        dd1 = tl.load(_tile(rows + _DD1 * RS, rc, cols, HID))
-        dz1 = tl.load(_tile(rows + _DZ1 * RS, rc, cols, HID))
-        de1 = tl.load(_tile(rows + _DE1 * RS, rc, cols, HID))
+        w1, w2 = _weights_d2(src, cols, D, HID)
+        dw1e, ds1e, dw2e, ds2e = _state_d2(dsrc, cols, D, HID)
+        x2 = _row(rows, _X2, cols, C, HID)
+        p2 = _row(rows, _P2, cols, C, HID)
+        a1 = _row(rows, _A1, cols, C, HID)
+        dz1 = _row(rows, _DZ1, cols, C, HID)
         dx2 = (_mm(dpx2t, p2, PRECISION) + _mm(dy, tl.trans(w2), PRECISION)
                - _mm(gd2, tl.trans(dw2e), PRECISION) - _mm(cd2, tl.trans(ds2e), PRECISION))
-        da1 = _gelu_grad2(a1) * dd1 * e1 + _gelu_grad(a1) * dx2
+        da1 = (_gelu_grad2(a1) * _row(rows, _DD1, cols, C, HID) * _row(rows, _E1, cols, C, HID)
+               + _gelu_grad(a1) * dx2)
         dk += _mm(da1, tl.trans(w1), PRECISION)
         p2t = tl.trans(p2)
-        tl.store(_tile(ddst, rd, cols, HID),
-                 beta_n * dw1e + _mm(qt, beta[:, None] * dz1, PRECISION) + _mm(kt, da1, PRECISION))
-        tl.store(_tile(ddst + S1_OFF, rd, cols, HID), phi_n * dw1e + m_n * ds1e + _mm(qt, phi[:, None] * dz1, PRECISION))
-        tl.store(_tile(ddst + W2_OFF, cols, rd, D),
-                 beta_n * dw2e + _mm(p2t, bdo, PRECISION) + _mm(tl.trans(de1), delta2, PRECISION)
-                 + _mm(tl.trans(x2), dy, PRECISION))
-        tl.store(_tile(ddst + S2_OFF, cols, rd, D), phi_n * dw2e + m_n * ds2e + _mm(p2t, pdo, PRECISION))
+        _store_state_d2(ddst, cols,
+                        beta_n * dw1e + _mm(qt, beta[:, None] * dz1, PRECISION) + _mm(kt, da1, PRECISION),
+                        phi_n * dw1e + m_n * ds1e + _mm(qt, phi[:, None] * dz1, PRECISION),
+                        beta_n * dw2e + _mm(p2t, bdo, PRECISION)
+                        + _mm(tl.trans(_row(rows, _DE1, cols, C, HID)), delta2, PRECISION)
+                        + _mm(tl.trans(x2), dy, PRECISION),
+                        phi_n * dw2e + m_n * ds2e + _mm(p2t, pdo, PRECISION), D, HID)
     tl.debug_barrier()
     return dq, dk, -dy, dG, dbeta, dphi, dg, dc, dbeta_n, dphi_n, dm_n

@@ -41,6 +41,15 @@ def _rows(X, rowp, row_mask, D: tl.constexpr):
 
 
 @triton.jit
+def _chunk_rows(Q, K, b, h, c, T, stride_b, stride_t, stride_h, D: tl.constexpr, C: tl.constexpr):
+    """Row offsets ([C, 1]) of chunk c, the mask of its real tokens, and its q and k rows (fp32)."""
+    t = c * C + tl.arange(0, C)
+    row_mask = (t < T)[:, None]
+    rowp = b * stride_b + h * stride_h + t[:, None] * stride_t
+    return rowp, row_mask, _rows(Q, rowp, row_mask, D), _rows(K, rowp, row_mask, D)
+
+
+@triton.jit
 def memory_forward_kernel(Q, K, V, OUT, COEF_G, COEF_BETA, COEF_PHI, COEF_M, COEF_DM, COEF_LR,
                           STATE, CKPT, ROWS, SAVE_CKPT, T, H, NC, GROUP, stride_b, stride_t, stride_h,
                           SZ: tl.constexpr, ROW_STRIDE: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
@@ -48,7 +57,6 @@ def memory_forward_kernel(Q, K, V, OUT, COEF_G, COEF_BETA, COEF_PHI, COEF_M, COE
     n = tl.program_id(0).to(tl.int64)
     b = n // H
     h = n % H
-    rc = tl.arange(0, C)
     rd = tl.arange(0, D)
     state = STATE + n * 2 * SZ
     rows = ROWS + n * ROW_STRIDE
@@ -56,11 +64,7 @@ def memory_forward_kernel(Q, K, V, OUT, COEF_G, COEF_BETA, COEF_PHI, COEF_M, COE
     for c in range(0, NC):
         src = state + (c % 2) * SZ
         dst = state + ((c + 1) % 2) * SZ
-        t = c * C + rc
-        row_mask = (t < T)[:, None]
-        rowp = b * stride_b + h * stride_h + t[:, None] * stride_t
-        q = _rows(Q, rowp, row_mask, D)
-        k = _rows(K, rowp, row_mask, D)
+        rowp, row_mask, q, k = _chunk_rows(Q, K, b, h, c, T, stride_b, stride_t, stride_h, D, C)
         G, beta, phi, lr, dm, g, beta_n, phi_n, m_n, cb, last = _chunk_coefficients(
             COEF_G, COEF_BETA, COEF_PHI, COEF_M, COEF_DM, COEF_LR, n, c, T, NC, C)
         save = (c % GROUP == 0) & (SAVE_CKPT != 0)
@@ -104,11 +108,7 @@ def memory_backward_kernel(Q, K, V, DOUT, DQ, DK, DV, COEF_G, COEF_BETA, COEF_PH
         # The group's chunk start states: slot j holds the state before chunk first + j.
         for c in range(first, stop - 1):
             src = scratch + (c - first) * SZ
-            t = c * C + rc
-            row_mask = (t < T)[:, None]
-            rowp = b * stride_b + h * stride_h + t[:, None] * stride_t
-            q = _rows(Q, rowp, row_mask, D)
-            k = _rows(K, rowp, row_mask, D)
+            rowp, row_mask, q, k = _chunk_rows(Q, K, b, h, c, T, stride_b, stride_t, stride_h, D, C)
             G, beta, phi, lr, dm, g, beta_n, phi_n, m_n, cb, last = _chunk_coefficients(
                 COEF_G, COEF_BETA, COEF_PHI, COEF_M, COEF_DM, COEF_LR, n, c, T, NC, C)
             never = c < 0
@@ -126,11 +126,7 @@ def memory_backward_kernel(Q, K, V, DOUT, DQ, DK, DV, COEF_G, COEF_BETA, COEF_PH
             done = NC - 1 - c  # chunks already walked backward: the parity of the state-gradient slot
             dsrc = dstate + (done % 2) * SZ
             ddst = dstate + ((done + 1) % 2) * SZ
-            t = c * C + rc
-            row_mask = (t < T)[:, None]
-            rowp = b * stride_b + h * stride_h + t[:, None] * stride_t
-            q = _rows(Q, rowp, row_mask, D)
-            k = _rows(K, rowp, row_mask, D)
+            rowp, row_mask, q, k = _chunk_rows(Q, K, b, h, c, T, stride_b, stride_t, stride_h, D, C)
             G, beta, phi, lr, dm, g, beta_n, phi_n, m_n, cb, last = _chunk_coefficients(
                 COEF_G, COEF_BETA, COEF_PHI, COEF_M, COEF_DM, COEF_LR, n, c, T, NC, C)
             cv = lr * dm

@@ -1,25 +1,16 @@
 """bench/memory_kernel.py runs end to end in its CPU smoke configuration and states its FLOP model."""
 
-import importlib.util
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("memory_kernel_bench", ROOT / "bench" / "memory_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.scripts import ROOT, load_script
 
 
 def test_flop_model_is_the_issue_formula():
-    bench = _bench_module()
+    bench = load_script("memory_kernel")
     for d, C in ((64, 16), (128, 32)):
         assert bench.memory_forward_flops(d, 2, 4, C) == 88 * d * d + 20 * C * d
     assert bench.memory_forward_flops(64, 1, 4, 16) == 10 * 64 * 64 + 4 * 16 * 64

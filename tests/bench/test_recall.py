@@ -5,25 +5,16 @@ between. LMM with its memory must beat the same model whose memory never learns 
 stays at chance. The full experiment is bench/recall.py with configs/bench/recall.json.
 """
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _recall_module():
-    spec = importlib.util.spec_from_file_location("recall_bench", ROOT / "bench" / "recall.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.scripts import ROOT, load_script
 
 
 @pytest.mark.slow
 def test_memory_recalls_beyond_the_window():
-    recall = _recall_module()
+    recall = load_script("recall")
     config = json.loads((ROOT / "configs" / "bench" / "recall_small.json").read_text())
     chance = 1 / config["task"]["value_vocab"]
     on = recall.train_and_evaluate(config, "lmm", True, log=lambda line: None)["accuracy"]
