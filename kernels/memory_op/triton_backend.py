@@ -23,7 +23,12 @@ from kernels.memory_op.gates import ChunkCoefficients, chunk_coefficients
 
 CHUNK_SIZES = (16, 32, 64)
 HEAD_DIMS = (16, 32, 64, 128)
-MAX_BLOCK = 64  # columns of a state tile: a [d_h, 64] fp32 tile is at most 32 KiB
+MAX_BLOCK = 64
+# A state tile ([d_h, block] dot operand) is kept under this many bytes, and loops are not
+# software-pipelined (num_stages 1): Triton's default 3 stages multiplies every tile's shared-memory
+# buffer, which put the depth-2 backward at 304 KiB for d_h 64 (an H100 block has 227 KiB).
+MAX_TILE_BYTES = 16 * 1024
+LAUNCH = dict(num_warps=4, num_stages=1)
 
 
 def interpreting() -> bool:
@@ -48,10 +53,11 @@ def unsupported_reason(q, weights, chunk_size, compute_dtype):
     return None
 
 
-def _block(width: int) -> int:
-    """Largest power of two <= MAX_BLOCK that divides ``width``."""
+def _block(width: int, head_dim: int, operand_bytes: int) -> int:
+    """Largest power of two <= MAX_BLOCK that divides ``width`` and keeps a [head_dim, block] tile of
+    dot operands within MAX_TILE_BYTES."""
     b = MAX_BLOCK
-    while width % b:
+    while width % b or (b > 16 and head_dim * b * operand_bytes > MAX_TILE_BYTES):
         b //= 2
     return b
 
@@ -94,13 +100,15 @@ class _Geometry:
     """Sizes and launch constants shared by the forward and backward launches."""
 
     def __init__(self, q, weights, chunk_size):
+        """Shapes only: ``q`` and ``weights`` may be meta tensors."""
         from kernels.memory_op.triton_chunk import BWD_ROW_SLOTS, FWD_ROW_SLOTS
 
         B, T, H, D = q.shape
         self.B, self.T, self.H, self.D, self.C = B, T, H, D, chunk_size
         self.depth = len(weights)
         self.hid = weights[0].shape[-1] if self.depth == 2 else D
-        self.block = _block(self.hid)
+        self.precision = dot_precision(q.dtype)
+        self.block = _block(self.hid, D, 2 if self.precision.startswith(("bf16", "fp16")) else 4)
         self.sz = 2 * sum(w.shape[-2] * w.shape[-1] for w in weights)
         self.chunks = -(-T // chunk_size)
         self.group = group_chunks(self.chunks)
@@ -109,9 +117,12 @@ class _Geometry:
         self.bwd_rows = BWD_ROW_SLOTS * chunk_size * self.hid if self.depth == 2 else 1
         self.copy_block = min(1024, self.sz & -self.sz)
 
-    def constants(self, precision):
-        return dict(SZ=self.sz, D=self.D, HID=self.hid, C=self.C, BH=self.block, PRECISION=precision,
-                    DEPTH=self.depth)
+    def forward_constants(self):
+        return dict(SZ=self.sz, D=self.D, HID=self.hid, C=self.C, BH=self.block, PRECISION=self.precision,
+                    DEPTH=self.depth, ROW_STRIDE=self.fwd_rows)
+
+    def backward_constants(self):
+        return dict(self.forward_constants(), ROW_STRIDE=self.bwd_rows, COPY_BLOCK=self.copy_block)
 
 
 def _coefficients(lr, momentum, forget, chunk_size, requires_grad=False):
@@ -148,7 +159,7 @@ class TritonNeuralMemory(torch.autograd.Function):
         memory_forward_kernel[(N,)](
             q_, k_, v_, out, coefs[0], coefs[1], coefs[2], coefs[3], coefs[4], coefs[5],
             state, ckpt, rows, int(training), geo.T, geo.H, geo.chunks, geo.group, *q_.stride()[:3],
-            ROW_STRIDE=geo.fwd_rows, **geo.constants(dot_precision(q.dtype)))
+            **geo.forward_constants(), **LAUNCH)
         weights_T, momenta_T = _unpack(state[:, geo.chunks % 2], weights, geo.B)
         if training:
             ctx.save_for_backward(*tensors, ckpt)
@@ -183,7 +194,7 @@ class TritonNeuralMemory(torch.autograd.Function):
         memory_backward_kernel[(N,)](
             q_, k_, v_, dout_, dq, dk, dv, *coefs, *dcoefs, ckpt, scratch, dstate_buf, rows,
             geo.T, geo.H, geo.chunks, geo.group, *q_.stride()[:3],
-            ROW_STRIDE=geo.bwd_rows, COPY_BLOCK=geo.copy_block, **geo.constants(dot_precision(q.dtype)))
+            **geo.backward_constants(), **LAUNCH)
 
         torch.autograd.backward(tuple(coefs_graph), tuple(dcoefs))
         T = geo.T
