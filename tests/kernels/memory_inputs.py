@@ -62,6 +62,6 @@ def run_with_loss(inputs, backend, chunk_size, seed=1):
     g = torch.Generator().manual_seed(seed)
     loss = 0.0
     for t in (out, *weights_T, *momenta_T):
-        loss = loss + (t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)).sum()
+        loss = loss + (t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)).sum()
     loss.backward()
     return out.detach(), [t.detach() for t in (*weights_T, *momenta_T)], [x.grad for x in leaves(inputs)]
