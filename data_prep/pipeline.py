@@ -158,7 +158,8 @@ def run(args, log=print) -> Optional[dict]:
         shards = [s for r in mine for s in r["shards"]] + _merge_partials(out, split, records, args.seqs_per_shard)
         manifest["splits"][split] = {
             "shards": shards, "samples": sum(s["samples"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-            "documents": sum(r["documents"] for r in mine), "rows": sum(r["rows"] for r in mine)}
+            "documents": sum(r["documents"] for r in mine), "rows": sum(r["rows"] for r in mine),
+            "document_tokens": sum(r["tokens"] for r in mine)}
     write_json(manifest_path, manifest)
     shutil.rmtree(state, ignore_errors=True)
     for split in SPLITS:

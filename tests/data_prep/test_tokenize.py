@@ -55,6 +55,7 @@ def test_round_trip_and_manifest(tokenizer, tmp_path):
     assert manifest["sources"][0]["rows"] == len(texts)
     assert manifest["tokenizer"]["vocab_size"] == 1000 and manifest["dtype"] == "uint16"
     assert manifest["splits"]["val"]["documents"] == 12
+    assert manifest["splits"]["val"]["document_tokens"] == sum(len(sp.encode(t)) + 2 for t in texts[:12])
     assert manifest["splits"]["train"]["documents"] == len(texts) - 12
     for split, rows in (("val", range(12)), ("train", range(12, len(texts)))):
         docs = _documents(out, split, sp.bos_id(), sp.eos_id())
