@@ -102,3 +102,28 @@ def test_hub_id_offline_is_a_clear_error(tokenizer, tmp_path):
     assert proc.returncode == 2
     assert "HuggingFaceFW/fineweb-edu" in proc.stderr
     assert ("huggingface_hub" in proc.stderr) or ("cannot list the hub dataset" in proc.stderr and "--local-dir" in proc.stderr)
+
+
+def test_unreadable_row_group(tokenizer, tmp_path):
+    """A parquet file whose footer is fine but whose second row group's data is garbage."""
+    src = tmp_path / "rg.parquet"
+    texts = [d["text"] for d in corpus_docs()[:20]]
+    pq.write_table(pa.table({"text": texts}), src, row_group_size=10, compression="snappy")
+    meta = pq.ParquetFile(src).metadata.row_group(1).column(0)
+    data = bytearray(src.read_bytes())
+    start = meta.data_page_offset
+    data[start + 8 : start + meta.total_compressed_size - 8] = b"\x07" * (meta.total_compressed_size - 16)
+    src.write_bytes(bytes(data))
+    proc = tokenize(tokenizer, src, tmp_path / "out", check=False)
+    assert proc.returncode == 2 and f"{src}: row group 1 (rows 10-19) unreadable" in proc.stderr
+    out = tmp_path / "skipping"
+    tokenize(tokenizer, src, out, "--skip-bad-files")
+    m = _manifest(out)
+    assert m["splits"]["train"]["documents"] == 10
+    assert m["skipped"]["counts"] == {"unreadable row group 1: " + m["skipped"]["rows"][0]["reason"].split(": ", 1)[1]: 10}
+    assert sorted(r["row"] for r in m["skipped"]["rows"]) == list(range(10, 20))
+
+
+def test_hf_config_needs_a_hub_id(tokenizer, tmp_path):
+    proc = tokenize(tokenizer, CORPUS, tmp_path / "out", "--hf-config", "sample-10BT", check=False)
+    assert proc.returncode == 2 and "--hf-config applies to hub dataset ids" in proc.stderr

@@ -47,7 +47,8 @@ def _documents(out, split, bos, eos):
 
 def test_round_trip_and_manifest(tokenizer, tmp_path):
     out = tmp_path / "out"
-    tokenize(tokenizer, CORPUS, out, "--val-docs", 12)
+    proc = tokenize(tokenizer, CORPUS, out, "--val-docs", 12)
+    assert "doc/s" in proc.stderr and "tok/s" in proc.stderr  # the progress bar
     run_cli("verify.py", out)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     manifest = json.loads((out / "manifest.json").read_text())
