@@ -25,20 +25,23 @@ under the Triton interpreter, peak memory is not measured, and the numbers only 
     python bench/memory_kernel.py --config configs/bench/memory_kernel_smoke.json   # CPU, end to end
 """
 
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
 import argparse
 import datetime
 import importlib.metadata
 import json
-import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.outputs import write_report  # noqa: E402
 
 MEMORY_IMPLS = ("triton", "torch", "titans-pytorch")
 ATTENTION_IMPLS = ("sdpa-causal", "flash-attn")
@@ -327,13 +330,6 @@ def report(cfg, rows, peak_tflops, config_path):
     return meta, "\n".join(lines) + "\n"
 
 
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/bench/memory_kernel.json")
@@ -351,9 +347,7 @@ def main():
     meta, table = report(cfg, rows, peak, args.config)
     print(table)
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        write_atomic(args.output + ".md", table)
-        write_atomic(args.output + ".json", json.dumps({"meta": meta, "config": cfg, "rows": rows}, indent=2))
+        write_report(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,22 +16,25 @@ forward+backward (CUDA: max_memory_allocated; CPU: peak RSS minus RSS before the
     python bench/memory_op.py --output bench/results/memory_op_cpu   # writes .md and .json
 """
 
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
 import argparse
 import datetime
 import json
-import os
 import platform
 import resource
 import statistics
 import subprocess
-import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.outputs import write_report  # noqa: E402
 from kernels import neural_memory  # noqa: E402
 
 
@@ -254,12 +257,7 @@ def main():
     meta, table = report(args, rows)
     print(table)
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        for ext, text in ((".md", table), (".json", json.dumps({"meta": meta, "rows": rows}, indent=2))):
-            tmp = args.output + ext + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, args.output + ext)
+        write_report(args.output, table, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

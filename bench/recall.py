@@ -9,13 +9,16 @@ memory is its only mixer, memory_lr_max=0: the memory exists but never learns at
     python bench/recall.py --config configs/bench/recall.json --output bench/results/recall_cpu
 """
 
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
 import argparse
 import datetime
 import json
 import math
-import os
 import platform
-import sys
 import time
 import warnings
 
@@ -23,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 
 BOS, SEP = 0, 1  # special tokens; keys, values and filler follow

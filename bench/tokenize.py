@@ -16,23 +16,26 @@ resident set sizes of its process tree (main and workers), sampled every ``memor
     python bench/tokenize.py --config configs/bench/tokenize.json --output bench/results/tokenize_cpu
 """
 
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
 import argparse
 import datetime
 import gzip
 import importlib.metadata
 import json
-import os
 import platform
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.outputs import write_report  # noqa: E402
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
 
 
@@ -194,11 +197,7 @@ def main():
         f"Pipeline / raw encode: **{ratio:.2f}x** (target >= 0.8x: {verdict}).", ""])
     print(table)
     if args.output:
-        for ext, text in ((".md", table), (".json", json.dumps({"meta": meta, "result": result}, indent=2))):
-            tmp = args.output + ext + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, args.output + ext)
+        write_report(args.output, table, {"meta": meta, "result": result})
 
 
 if __name__ == "__main__":

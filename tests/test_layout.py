@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ["kernels", "titans_megatron", "pretrain", "data_prep", "eval_suite"]
-SCRIPT_FOLDERS = ["data_prep", "pretrain", "eval_suite"]
+SCRIPT_FOLDERS = ["data_prep", "pretrain", "eval_suite", "bench"]
 PATH_GUARD = textwrap.dedent("""\
     import os, sys
     _here = os.path.dirname(os.path.abspath(__file__))

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from kernels.memory_op.chunk import _gate_chunks, neural_memory_chunked
-from kernels.memory_op.gates import ChunkCoefficients, chunk_coefficients
+from kernels.memory_op.gates import chunk_coefficients
 
 CHUNK_SIZES = (16, 32, 64)
 HEAD_DIMS = (16, 32, 64, 128)
