@@ -1,19 +1,10 @@
 """Megatron parallel state for any process: join an existing setup, or make a one-rank gloo group."""
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.tensor_parallel.random import initialize_rng_tracker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def enable_cpu_collectives() -> None:
@@ -35,9 +26,9 @@ def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
     state. A process already set up by torchrun/SLURM keeps its own groups."""
     enable_cpu_collectives()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        # An in-memory store: no port to pick (a race) and no MASTER_* variables left in the
+        # environment for child processes to inherit and collide on.
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size)
     tp = parallel_state.get_tensor_model_parallel_world_size()

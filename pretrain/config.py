@@ -1,0 +1,162 @@
+"""The training configuration: sections of dataclasses, read from a JSON file, overridden on the
+command line (``section.key=value``, the value parsed as JSON, else taken as a string).
+
+Every key is checked before any work: an unknown section or key, or a value of the wrong type, is a
+``ConfigError`` naming it and what was expected.
+"""
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    variant: str = "mag"
+    overrides: dict = field(default_factory=dict)
+    """TitansConfig fields over the preset (seq_length, window_size, ...)."""
+
+
+@dataclass
+class DataSection:
+    dir: str = ""
+    """data_prep/tokenize.py output (manifest.json, train/, val/)."""
+    seed: int = 1234
+    """Shuffle seed: the sample order is a function of (seed, epoch)."""
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    no_decay: List[str] = field(default_factory=lambda: ["norm", "bias", "gate", "memory_init"])
+    """Parameters whose name contains one of these take no weight decay ([] decays everything)."""
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ScheduleSection:
+    train_steps: int = 1000
+    global_batch: int = 8
+    """Sequences per optimizer step, over all data-parallel ranks (gradient accumulation fills it)."""
+    micro_batch: int = 8
+
+
+@dataclass
+class CheckpointSection:
+    dir: str = ""
+    interval: int = 100
+    keep: int = 3
+    """The newest this many checkpoints are kept."""
+
+
+@dataclass
+class LogSection:
+    dir: str = ""
+    """TensorBoard event files and metrics.jsonl (default: <checkpoint dir>/tensorboard)."""
+    interval: int = 10
+    peak_tflops: Optional[float] = None
+    """The device's peak (bf16) TFLOP/s; MFU (6 x parameters x tokens/s over it) is logged when set."""
+
+
+@dataclass
+class EvalSection:
+    interval: int = 100
+    batches: int = 4
+
+
+@dataclass
+class RunSection:
+    seed: int = 0
+    """Weight initialisation seed."""
+    max_minutes: Optional[float] = None
+    """Save and stop after this long (for time-limited jobs)."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite steps (skipped) before the run aborts."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(where: str, value, annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return value
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        origin = typing.get_origin(annotation)
+    expected = origin or annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+    return value
+
+
+def _section_of(config: TrainConfig, name: str, source: str):
+    sections = [f.name for f in dataclasses.fields(config)]
+    if name not in sections:
+        raise ConfigError(f"{source}: unknown section {name!r}; sections are {sections}")
+    return getattr(config, name)
+
+
+def _set(config: TrainConfig, section: str, key: str, value, source: str):
+    obj = _section_of(config, section, source)
+    hints = typing.get_type_hints(type(obj))
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key {section}.{key}; {section} has {sorted(hints)}")
+    setattr(obj, key, _check_type(f"{source}: {section}.{key}", value, hints[key]))
+
+
+def load_config(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
+    config = TrainConfig()
+    if path:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: no such config file") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+        for section, values in data.items():
+            if section == "description":
+                continue
+            if not isinstance(values, dict):
+                _section_of(config, section, path)
+                raise ConfigError(f"{path}: section {section!r} must be an object")
+            for key, value in values.items():
+                _set(config, section, key, value, path)
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or "." not in name:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        section, key = name.split(".", 1)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        _set(config, section, key, value, "command line")
+    return config

@@ -1,0 +1,43 @@
+"""Pretrain a Titans model on data_prep's shards.
+
+    python pretrain/train.py --config configs/tiny_mag.json [section.key=value ...]
+
+Exit status: 0 done; 3 stopped by SIGTERM / SIGUSR1 or run.max_minutes after saving (requeue); 2 bad
+configuration or data (nothing trained); 1 aborted after run.max_bad_steps non-finite steps.
+"""
+
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
+import argparse  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="JSON training config (configs/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value (value parsed as JSON)")
+    args = p.parse_args(argv)
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError, load_config
+    from pretrain.data import DataError
+    from pretrain.trainer import TrainingAborted, train
+
+    try:
+        config = load_config(args.config, args.overrides)
+        for key in ("data.dir", "checkpoint.dir"):
+            section, name = key.split(".")
+            if not getattr(getattr(config, section), name):
+                raise ConfigError(f"{key} is not set (in {args.config} or as {key}=...)")
+        return train(config, log=lambda line: print(line, flush=True))
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingAborted as e:
+        print(f"aborted: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

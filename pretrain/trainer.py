@@ -1,0 +1,182 @@
+"""The training loop, readable top to bottom: build, resume, then steps of gradient accumulation,
+clipping, a guarded optimizer step, logging, evaluation and checkpoints, until the step budget, a
+signal or the time limit.
+
+This version runs one process (tensor-parallel size 1, one data-parallel rank) on CPU or one GPU;
+multi-process launch (torchrun / srun, data and tensor parallelism) is the next step (docs/training.md).
+"""
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import TrainConfig
+from data_prep.reader import manifest_of
+from pretrain.data import DataError, ShardStream
+from pretrain.optim import build_optimizer, learning_rate
+
+# Exit status after a signal or the time limit once the checkpoint is saved: the SLURM launcher
+# requeues the job on it.
+EXIT_REQUEUE = 3
+
+
+class TrainingAborted(Exception):
+    pass
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGUSR1; the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def build(config: TrainConfig):
+    from titans_megatron import TitansConfig, build_model
+
+    model_config = TitansConfig.from_preset(config.model.preset, variant=config.model.variant, **config.model.overrides)
+    model = build_model(model_config, seed=config.run.seed)
+    return model_config, model
+
+
+def language_model_loss(model, batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the unmasked targets of a batch."""
+    tokens = batch["tokens"]
+    logits = model(tokens[:, :-1])
+    losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    mask = batch["loss_mask"].flatten()
+    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def evaluate(model, config: TrainConfig, seq_length: int) -> float:
+    """Mean loss over the first ``eval.batches`` batches of the val split (the same batches every time)."""
+    stream = ShardStream(config.data.dir, "val", 0, 1, config.schedule.micro_batch, config.data.seed, seq_length)
+    model.eval()
+    losses = [language_model_loss(model, batch).item() for batch, _ in zip(stream, range(config.eval.batches))]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _metrics_writer(log_dir: str):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
+    """Returns the process exit status: 0 when the step budget is reached, EXIT_REQUEUE after a signal
+    or the time limit (saved), and raises TrainingAborted after too many non-finite steps."""
+    started = time.time()
+    sched, optim_cfg = config.schedule, config.optim
+    if sched.global_batch % sched.micro_batch:
+        raise ValueError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
+                         f"({sched.micro_batch}) x data-parallel size (1)")
+    model_config, model = build(config)
+    vocab = manifest_of(config.data.dir)["tokenizer"]["vocab_size"]
+    if vocab != model_config.vocab_size:
+        raise DataError(f"{config.data.dir}: the tokenizer has {vocab} tokens, model.overrides.vocab_size is "
+                        f"{model_config.vocab_size}; set model.overrides.vocab_size={vocab}")
+    optimizer = build_optimizer(model, optim_cfg)
+    data = ShardStream(config.data.dir, "train", 0, 1, sched.micro_batch, config.data.seed, model_config.seq_length)
+    config_dict = config.as_dict()
+    layout = {"tensor_model_parallel_size": 1, "data_parallel_size": 1}
+
+    step = 0
+    latest = ckpt.latest_dir(config.checkpoint.dir) if config.checkpoint.dir else None
+    if latest:
+        state = ckpt.load(latest, model, optimizer, config_dict)
+        data.load_state_dict(state["data"])
+        step = state["step"]
+        log(f"resumed from {latest} at step {step}")
+    log_dir = config.log.dir or os.path.join(config.checkpoint.dir, "tensorboard")
+    writer = _metrics_writer(log_dir)
+    metrics_path = os.path.join(log_dir, "metrics.jsonl")
+    stop = _StopFlag()
+    accumulation = sched.global_batch // sched.micro_batch
+    tokens_per_step = sched.global_batch * model_config.seq_length
+    params = sum(p.numel() for p in model.parameters())
+
+    def save():
+        if config.checkpoint.dir:
+            path = ckpt.save(config.checkpoint.dir, step, model, optimizer, data.state_dict(), config_dict, layout,
+                             config.checkpoint.keep)
+            log(f"saved {path}")
+
+    batches = iter(data)
+    bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
+    model.train()
+    while step < sched.train_steps:
+        lr = learning_rate(step, optim_cfg, sched.train_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for _ in range(accumulation):
+            loss = language_model_loss(model, next(batches))
+            (loss / accumulation).backward()
+            loss_sum += loss.item() / accumulation
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip).item()
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            log(f"step {step}: non-finite loss {loss_sum} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= config.run.max_bad_steps:
+                raise TrainingAborted(f"{bad_in_a_row} non-finite steps in a row (run.max_bad_steps); the last good "
+                                      f"checkpoint is intact in {config.checkpoint.dir or '(none configured)'}")
+            step += 1  # the step's batches are consumed either way, so a resume sees the same data
+            continue
+        bad_in_a_row = 0
+        optimizer.step()
+        step += 1
+        window_tokens += tokens_per_step
+
+        record = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
+        if step % config.log.interval == 0 or step == sched.train_steps:
+            elapsed = time.time() - window_start
+            tps = window_tokens / max(elapsed, 1e-9)
+            record["tokens_per_s"] = tps
+            record["mfu"] = 6 * params * tps / (config.log.peak_tflops * 1e12) if config.log.peak_tflops else None
+            record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                                    else _rss_bytes()) / 2**20
+            eta = (sched.train_steps - step) * tokens_per_step / max(tps, 1e-9)
+            log(f"step {step}/{sched.train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
+                f"{tps:,.0f} tok/s | ETA {eta / 60:.1f} min")
+            window_start, window_tokens = time.time(), 0
+        if config.eval.interval and step % config.eval.interval == 0:
+            record["val_loss"] = evaluate(model, config, model_config.seq_length)
+            log(f"step {step}: val loss {record['val_loss']:.4f} (perplexity {math.exp(record['val_loss']):.2f})")
+        for key, value in record.items():
+            if key != "step" and value is not None:
+                writer.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+        timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
+        if stop.signal is not None or timed_out:
+            save()
+            writer.close()
+            why = f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None else "run.max_minutes"
+            log(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
+            return EXIT_REQUEUE
+        if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < sched.train_steps:
+            save()
+    save()
+    writer.close()
+    return 0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

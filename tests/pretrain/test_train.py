@@ -1,0 +1,115 @@
+"""pretrain/train.py: exact resume after a kill, signals, non-finite steps, checkpoint refusal."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pretrain import trainer
+from pretrain.config import load_config
+from tests.pretrain.conftest import ROOT, losses, run_train, tiny_overrides, train_cmd
+
+
+def test_loss_falls_and_outputs_exist(train_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 24, "optim.lr": 0.01}))
+    curve = losses(ckpt)
+    assert sorted(curve) == list(range(1, 25))
+    assert sum(curve[s] for s in range(21, 25)) / 4 < sum(curve[s] for s in range(1, 5)) / 4 - 0.5
+    assert (ckpt / "latest").read_text() == "iter_0000024"
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("iter_")) == ["iter_0000020", "iter_0000024"]
+    assert list((ckpt / "tensorboard").glob("events.out.tfevents.*"))
+    assert "ETA" in proc.stdout and "val loss" in proc.stdout
+
+
+def test_kill_and_resume_is_bit_identical(train_shards, tmp_path):
+    reference = tmp_path / "reference"
+    run_train(tiny_overrides(train_shards, reference))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tiny_overrides(train_shards, killed)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "iter_0000008").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    proc = run_train(tiny_overrides(train_shards, killed))
+    assert "resumed from" in proc.stdout
+    assert losses(killed) == losses(reference)  # every step, to the last bit
+
+
+def test_signal_saves_and_asks_for_requeue(train_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(train_cmd(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 400,
+                                                                             "checkpoint.interval": 1000})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (ckpt / "tensorboard" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == trainer.EXIT_REQUEUE
+    step = int((ckpt / "latest").read_text().split("_")[1])
+    assert 0 < step < 400 and f"stopping at step {step} (signal SIGUSR1)" in out
+
+
+def _config(train_shards, ckpt, **extra):
+    return load_config(str(ROOT / "configs" / "tiny_mag.json"), tiny_overrides(train_shards, ckpt, **extra))
+
+
+def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeypatch):
+    real = trainer.language_model_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] in (5, 6) else loss  # step 3's two micro-batches
+
+    monkeypatch.setattr(trainer, "language_model_loss", sometimes_nan)
+    ckpt = tmp_path / "ckpt"
+    lines = []
+    assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
+    assert any("step 2: non-finite loss" in line and "skipped (1 in a row)" in line for line in lines)
+    records = [json.loads(x) for x in (ckpt / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+    assert 3 not in [r["step"] for r in records] and records[-1]["skipped_steps"] == 1
+
+    monkeypatch.setattr(trainer, "language_model_loss", lambda model, batch: real(model, batch) * float("inf"))
+    before = (ckpt / "latest").read_text()
+    with pytest.raises(trainer.TrainingAborted, match="5 non-finite steps in a row"):
+        trainer.train(_config(train_shards, ckpt, **{"schedule.train_steps": 30}), log=lambda line: None)
+    assert (ckpt / "latest").read_text() == before and (ckpt / before).is_dir()
+
+
+def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 4}))
+    proc = run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 8, "model.variant": "lmm"}), check=False)
+    assert proc.returncode == 2
+    assert "holds a different model" in proc.stderr and "model.variant: 'mag' in the checkpoint, 'lmm' now" in proc.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=0.1", r"unknown key optim.lrr; optim has \["),
+    ("optimizer.lr=0.1", r"unknown section 'optimizer'; sections are \["),
+    ("schedule.train_steps=ten", r"schedule.train_steps: expected int, got 'ten'"),
+    ("lr=0.1", r"override 'lr=0.1': expected section.key=value"),
+])
+def test_bad_overrides(train_shards, tmp_path, override, message):
+    import re
+    proc = run_train(tiny_overrides(train_shards, tmp_path / "c") + [override], check=False)
+    assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr[-500:]
+
+
+def test_bad_data_configurations(train_shards, tmp_path):
+    proc = run_train(tiny_overrides(train_shards, tmp_path / "a", **{"model.overrides": {"seq_length": 64, "vocab_size": 600}}), check=False)
+    assert proc.returncode == 2 and "shards hold windows of seq_len 32, but the model's seq_length is 64" in proc.stderr
+    proc = run_train(tiny_overrides(tmp_path / "nowhere", tmp_path / "b"), check=False)
+    assert proc.returncode == 2 and "no manifest.json" in proc.stderr
+    proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}), check=False)
+    assert proc.returncode == 2 and "schedule.global_batch (5) must be a multiple of schedule.micro_batch (2)" in proc.stderr
+    assert not os.path.exists(tmp_path / "c" / "latest")
