@@ -84,6 +84,8 @@ class RunSection:
     """Save and stop after this long (for time-limited jobs)."""
     max_bad_steps: int = 5
     """Consecutive non-finite steps (skipped) before the run aborts."""
+    stop_at_step: Optional[int] = None
+    """Save and exit with the requeue status after this step, as a preemption would (demo, tests)."""
 
 
 @dataclass

@@ -61,11 +61,14 @@ def language_model_loss(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, config: TrainConfig, seq_length: int) -> float:
-    """Mean loss over the first ``eval.batches`` batches of the val split (the same batches every time)."""
-    stream = ShardStream(config.data.dir, "val", 0, 1, config.schedule.micro_batch, config.data.seed, seq_length)
+def evaluate(model, data_dir: str, micro_batch: int, seed: int, seq_length: int, batches: Optional[int]) -> float:
+    """Mean loss over the first ``batches`` batches of the val split (the same batches every time;
+    None: one pass over the whole split)."""
+    stream = ShardStream(data_dir, "val", 0, 1, micro_batch, seed, seq_length)
+    if batches is None:
+        batches = max(1, sum(s["samples"] for s in stream.shards) // micro_batch)
     model.eval()
-    losses = [language_model_loss(model, batch).item() for batch, _ in zip(stream, range(config.eval.batches))]
+    losses = [language_model_loss(model, batch).item() for batch, _ in zip(stream, range(batches))]
     model.train()
     return sum(losses) / len(losses)
 
@@ -155,7 +158,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                 f"{tps:,.0f} tok/s | ETA {eta / 60:.1f} min")
             window_start, window_tokens = time.time(), 0
         if config.eval.interval and step % config.eval.interval == 0:
-            record["val_loss"] = evaluate(model, config, model_config.seq_length)
+            record["val_loss"] = evaluate(model, config.data.dir, sched.micro_batch, config.data.seed,
+                                          model_config.seq_length, config.eval.batches)
             log(f"step {step}: val loss {record['val_loss']:.4f} (perplexity {math.exp(record['val_loss']):.2f})")
         for key, value in record.items():
             if key != "step" and value is not None:
@@ -164,10 +168,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             f.write(json.dumps(record) + "\n")
 
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
-        if stop.signal is not None or timed_out:
+        scheduled = config.run.stop_at_step == step and step < sched.train_steps
+        if stop.signal is not None or timed_out or scheduled:
             save()
             writer.close()
-            why = f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None else "run.max_minutes"
+            why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None
+                   else "run.max_minutes" if timed_out else "run.stop_at_step")
             log(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
             return EXIT_REQUEUE
         if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < sched.train_steps:

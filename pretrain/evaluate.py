@@ -1,0 +1,54 @@
+"""Validation loss and perplexity of a checkpoint on the val split of a shard set.
+
+    python pretrain/evaluate.py --checkpoint CKPT_DIR [--data DIR] [--batches N]
+
+CKPT_DIR is a run's checkpoint folder (its ``latest`` is used) or one ``iter_NNNNNNN`` folder. The
+data defaults to the run's data.dir. The paper's full evaluation is eval_suite/run.py.
+"""
+
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+
+
+def validation(checkpoint_dir, data_dir=None, batches=None):
+    from pretrain import checkpoint as ckpt
+    from pretrain.config import load_config
+    from pretrain.trainer import build, evaluate
+
+    path = ckpt.latest_dir(checkpoint_dir) or checkpoint_dir
+    state_file = os.path.join(path, "train_state.json")
+    if not os.path.isfile(state_file):
+        raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
+    with open(state_file) as f:
+        saved = json.load(f)
+    config = load_config(None, [f"{s}.{k}={json.dumps(v)}" for s, vals in saved["config"].items() for k, v in vals.items()])
+    model_config, model = build(config)
+    ckpt.load(path, model, None, config.as_dict())
+    data = data_dir or config.data.dir
+    loss = evaluate(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches)
+    return {"checkpoint": path, "step": saved["step"], "data": data, "val_loss": loss, "val_perplexity": math.exp(loss)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--batches", type=int, default=None, help="default: one pass over the val split")
+    args = p.parse_args(argv)
+    try:
+        result = validation(args.checkpoint, args.data, args.batches)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

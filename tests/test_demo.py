@@ -1,0 +1,17 @@
+"""`make demo`'s driver, end to end at a few steps: every stage runs and the summary is printed."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "pretrain" / "demo.py"), "--workdir", str(tmp_path / "demo"),
+                           "--steps", "24"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout
+    for marker in ("== 1. tokenizer", "== 2. shards", "stopping at step 12 (run.stop_at_step)",
+                   "resumed from", "\"val_perplexity\"", "== summary", "latest: iter_0000024"):
+        assert marker in out, marker
