@@ -48,8 +48,9 @@ def test_signal_saves_and_asks_for_requeue(train_shards, tmp_path):
                                                                              "checkpoint.interval": 1000})),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (ckpt / "tensorboard" / "metrics.jsonl").exists() and time.time() < deadline:
+    while not (ckpt / "tensorboard" / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == trainer.EXIT_REQUEUE
