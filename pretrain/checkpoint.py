@@ -7,8 +7,9 @@ renamed when complete, then ``latest`` is replaced: a crash at any moment leaves
 checkpoint and pointer intact. Loading refuses a checkpoint whose model configuration differs from
 the run's, naming each difference.
 
-This first version saves unsharded state (tensor-parallel size 1); saving at one tensor-parallel size
-and loading at another goes through the model's ``sharded_state_dict`` (next step, see docs/training.md).
+Files: ``model_tpR.pt`` / ``optimizer_tpR.pt`` per tensor-parallel rank R (data-parallel replicas hold
+the same state; rank 0 of each writes), ``rng_NNNNN.pt`` per process, ``train_state.json``. Loading at
+another tensor-parallel size (through the model's ``sharded_state_dict``) is the next step.
 """
 
 import json
@@ -54,26 +55,36 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(root: str, step: int, model, optimizer, data_state: dict, config: dict, layout: dict, keep: int) -> str:
-    os.makedirs(root, exist_ok=True)
+def save(root: str, step: int, model, optimizer, data_states: list, config: dict, layout, keep: int) -> str:
+    """Collective: every rank calls it. Tensor-parallel ranks of data-parallel rank 0 write their model
+    and optimizer shards, every rank its RNG state, rank 0 the train state, the rename and the pointer."""
+    from pretrain.distributed import barrier
+
     final = iteration_dir(root, step)
     tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    torch.save(_rng_state(), os.path.join(tmp, "rng.pt"))
-    with open(os.path.join(tmp, "train_state.json"), "w") as f:
-        json.dump({"step": step, "data": data_state, "config": config, "layout": layout}, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from a run that crashed later
-    os.replace(tmp, final)
-    pointer_tmp = os.path.join(root, LATEST + ".tmp")
-    with open(pointer_tmp, "w") as f:
-        f.write(os.path.basename(final))
-    os.replace(pointer_tmp, os.path.join(root, LATEST))
-    done = sorted(d for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    if layout.is_main:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier(layout)
+    if layout.dp_rank == 0:
+        torch.save(model.state_dict(), os.path.join(tmp, f"model_tp{layout.tp_rank}.pt"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, f"optimizer_tp{layout.tp_rank}.pt"))
+    torch.save(_rng_state(), os.path.join(tmp, f"rng_{layout.rank:05d}.pt"))
+    barrier(layout)
+    if layout.is_main:
+        with open(os.path.join(tmp, "train_state.json"), "w") as f:
+            json.dump({"step": step, "data": data_states, "config": config, "layout": layout.as_dict()}, f, indent=1)
+        shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from a run that crashed later
+        os.replace(tmp, final)
+        pointer_tmp = os.path.join(root, LATEST + ".tmp")
+        with open(pointer_tmp, "w") as f:
+            f.write(os.path.basename(final))
+        os.replace(pointer_tmp, os.path.join(root, LATEST))
+        done = sorted(d for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    barrier(layout)
     return final
 
 
@@ -85,15 +96,22 @@ def model_differences(saved: dict, current: dict) -> list:
     return diff
 
 
-def load(path: str, model, optimizer, config: dict) -> dict:
+def load(path: str, model, optimizer, config: dict, layout=None) -> dict:
     """Restore model, optimizer and RNG from ``path``; returns the saved train state."""
     with open(os.path.join(path, "train_state.json")) as f:
         state = json.load(f)
     diff = model_differences(state["config"]["model"], config["model"])
     if diff:
         raise CheckpointError(f"{path} holds a different model; refusing to load it:\n  " + "\n  ".join(diff))
-    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
+    saved_tp, tp, tp_rank = state["layout"]["tensor"], (layout.tensor if layout else 1), (layout.tp_rank if layout else 0)
+    if saved_tp != tp:
+        raise CheckpointError(f"{path} was saved at tensor-parallel size {saved_tp}, this run has {tp}; loading at "
+                              "another size is not built yet (docs/training.md)")
+    model.load_state_dict(torch.load(os.path.join(path, f"model_tp{tp_rank}.pt"), map_location="cpu", weights_only=True))
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True))
-        _set_rng_state(torch.load(os.path.join(path, "rng.pt"), weights_only=False))
+        optimizer.load_state_dict(torch.load(os.path.join(path, f"optimizer_tp{tp_rank}.pt"), map_location="cpu",
+                                             weights_only=True))
+        rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
+        if os.path.exists(rng):
+            _set_rng_state(torch.load(rng, weights_only=False))
     return state

@@ -77,6 +77,14 @@ class EvalSection:
 
 
 @dataclass
+class ParallelSection:
+    tensor: int = 1
+    """Tensor-parallel size; data-parallel size = processes / tensor."""
+    sequence: bool = False
+    """Megatron sequence parallelism (needs tensor > 1)."""
+
+
+@dataclass
 class RunSection:
     seed: int = 0
     """Weight initialisation seed."""
@@ -97,6 +105,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     run: RunSection = field(default_factory=RunSection)
 
     def as_dict(self) -> dict:

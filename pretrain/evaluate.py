@@ -28,6 +28,9 @@ def validation(checkpoint_dir, data_dir=None, batches=None):
     with open(state_file) as f:
         saved = json.load(f)
     config = load_config(None, [f"{s}.{k}={json.dumps(v)}" for s, vals in saved["config"].items() for k, v in vals.items()])
+    if config.parallel.tensor != 1:
+        raise ValueError(f"{path}: saved at tensor-parallel size {config.parallel.tensor}; evaluation loads size-1 "
+                         "checkpoints until resharding is built")
     model_config, model = build(config)
     ckpt.load(path, model, None, config.as_dict())
     data = data_dir or config.data.dir

@@ -1,6 +1,7 @@
 """Pretrain a Titans model on data_prep's shards.
 
     python pretrain/train.py --config configs/tiny_mag.json [section.key=value ...]
+    torchrun --nproc_per_node 2 pretrain/train.py --config ... parallel.tensor=2   # or under srun
 
 Exit status: 0 done; 3 stopped by SIGTERM / SIGUSR1 or run.max_minutes after saving (requeue); 2 bad
 configuration or data (nothing trained); 1 aborted after run.max_bad_steps non-finite steps.
@@ -22,6 +23,7 @@ def main(argv=None):
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
     from pretrain.data import DataError
+    from pretrain.distributed import LaunchError
     from pretrain.trainer import TrainingAborted, train
 
     try:
@@ -31,7 +33,7 @@ def main(argv=None):
             if not getattr(getattr(config, section), name):
                 raise ConfigError(f"{key} is not set (in {args.config} or as {key}=...)")
         return train(config, log=lambda line: print(line, flush=True))
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingAborted as e:

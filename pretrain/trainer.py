@@ -2,8 +2,9 @@
 clipping, a guarded optimizer step, logging, evaluation and checkpoints, until the step budget, a
 signal or the time limit.
 
-This version runs one process (tensor-parallel size 1, one data-parallel rank) on CPU or one GPU;
-multi-process launch (torchrun / srun, data and tensor parallelism) is the next step (docs/training.md).
+One process, or many under torchrun / srun (pretrain/distributed.py): tensor parallelism (and sequence
+parallelism) through the Megatron-core model, data parallelism by averaging gradients over the
+data-parallel group; gloo on CPU, NCCL on GPU.
 """
 
 import json
@@ -17,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from pretrain import checkpoint as ckpt
+from pretrain import distributed as dist_
 from pretrain.config import TrainConfig
 from data_prep.reader import manifest_of
 from pretrain.data import DataError, ShardStream
 from pretrain.optim import build_optimizer, learning_rate
+from titans_megatron.parallel import allreduce_sequence_parallel_grads
 
 # Exit status after a signal or the time limit once the checkpoint is saved: the SLURM launcher
 # requeues the job on it.
@@ -46,7 +49,9 @@ class _StopFlag:
 def build(config: TrainConfig):
     from titans_megatron import TitansConfig, build_model
 
-    model_config = TitansConfig.from_preset(config.model.preset, variant=config.model.variant, **config.model.overrides)
+    parallel = dict(tensor_model_parallel_size=config.parallel.tensor, sequence_parallel=config.parallel.sequence)
+    model_config = TitansConfig.from_preset(config.model.preset, variant=config.model.variant,
+                                            **{**parallel, **config.model.overrides})
     model = build_model(model_config, seed=config.run.seed)
     return model_config, model
 
@@ -81,42 +86,49 @@ def _metrics_writer(log_dir: str):
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     """Returns the process exit status: 0 when the step budget is reached, EXIT_REQUEUE after a signal
-    or the time limit (saved), and raises TrainingAborted after too many non-finite steps."""
+    or the time limit (saved), and raises TrainingAborted after too many non-finite steps. Every rank
+    runs it; rank 0 logs and writes the shared files."""
     started = time.time()
     sched, optim_cfg = config.schedule, config.optim
-    if sched.global_batch % sched.micro_batch:
+    layout = dist_.init_distributed(config.parallel.tensor)
+    say = log if layout.is_main else (lambda line: None)
+    if sched.global_batch % (sched.micro_batch * layout.data):
         raise ValueError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
-                         f"({sched.micro_batch}) x data-parallel size (1)")
+                         f"({sched.micro_batch}) x data-parallel size ({layout.data})")
     model_config, model = build(config)
     vocab = manifest_of(config.data.dir)["tokenizer"]["vocab_size"]
     if vocab != model_config.vocab_size:
         raise DataError(f"{config.data.dir}: the tokenizer has {vocab} tokens, model.overrides.vocab_size is "
                         f"{model_config.vocab_size}; set model.overrides.vocab_size={vocab}")
     optimizer = build_optimizer(model, optim_cfg)
-    data = ShardStream(config.data.dir, "train", 0, 1, sched.micro_batch, config.data.seed, model_config.seq_length)
+    data = ShardStream(config.data.dir, "train", layout.dp_rank, layout.data, sched.micro_batch, config.data.seed,
+                       model_config.seq_length)
     config_dict = config.as_dict()
-    layout = {"tensor_model_parallel_size": 1, "data_parallel_size": 1}
 
     step = 0
     latest = ckpt.latest_dir(config.checkpoint.dir) if config.checkpoint.dir else None
     if latest:
-        state = ckpt.load(latest, model, optimizer, config_dict)
-        data.load_state_dict(state["data"])
+        state = ckpt.load(latest, model, optimizer, config_dict, layout)
+        data.load_state_dict(state["data"][layout.dp_rank])
         step = state["step"]
-        log(f"resumed from {latest} at step {step}")
+        say(f"resumed from {latest} at step {step}")
     log_dir = config.log.dir or os.path.join(config.checkpoint.dir, "tensorboard")
-    writer = _metrics_writer(log_dir)
+    writer = _metrics_writer(log_dir) if layout.is_main else None
     metrics_path = os.path.join(log_dir, "metrics.jsonl")
     stop = _StopFlag()
-    accumulation = sched.global_batch // sched.micro_batch
+    accumulation = sched.global_batch // (sched.micro_batch * layout.data)
     tokens_per_step = sched.global_batch * model_config.seq_length
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())  # this rank's share; x tensor for the model
+    say(f"{layout.world} process(es): tensor {layout.tensor} x data {layout.data}; {accumulation} micro-batches "
+        f"of {sched.micro_batch} per step and rank")
 
     def save():
         if config.checkpoint.dir:
-            path = ckpt.save(config.checkpoint.dir, step, model, optimizer, data.state_dict(), config_dict, layout,
+            by_dp = dict(dist_.gather_objects((layout.dp_rank, data.state_dict()), layout))
+            data_states = [by_dp[r] for r in range(layout.data)]
+            path = ckpt.save(config.checkpoint.dir, step, model, optimizer, data_states, config_dict, layout,
                              config.checkpoint.keep)
-            log(f"saved {path}")
+            say(f"saved {path}")
 
     batches = iter(data)
     bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
@@ -131,10 +143,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             loss = language_model_loss(model, next(batches))
             (loss / accumulation).backward()
             loss_sum += loss.item() / accumulation
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip).item()
+        if model_config.sequence_parallel:
+            allreduce_sequence_parallel_grads(model)
+        dist_.average_gradients(model, layout)
+        loss_sum = dist_.mean_over_data_parallel(loss_sum, layout)
+        grad_norm = dist_.clip_gradients(model, optim_cfg.grad_clip, layout)
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-            log(f"step {step}: non-finite loss {loss_sum} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
+            say(f"step {step}: non-finite loss {loss_sum} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
             if bad_in_a_row >= config.run.max_bad_steps:
                 raise TrainingAborted(f"{bad_in_a_row} non-finite steps in a row (run.max_bad_steps); the last good "
                                       f"checkpoint is intact in {config.checkpoint.dir or '(none configured)'}")
@@ -150,36 +166,41 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             elapsed = time.time() - window_start
             tps = window_tokens / max(elapsed, 1e-9)
             record["tokens_per_s"] = tps
-            record["mfu"] = 6 * params * tps / (config.log.peak_tflops * 1e12) if config.log.peak_tflops else None
+            record["mfu"] = (6 * params * layout.tensor * tps / (layout.world * config.log.peak_tflops * 1e12)
+                             if config.log.peak_tflops else None)
             record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else _rss_bytes()) / 2**20
             eta = (sched.train_steps - step) * tokens_per_step / max(tps, 1e-9)
-            log(f"step {step}/{sched.train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
+            say(f"step {step}/{sched.train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
                 f"{tps:,.0f} tok/s | ETA {eta / 60:.1f} min")
             window_start, window_tokens = time.time(), 0
         if config.eval.interval and step % config.eval.interval == 0:
-            record["val_loss"] = evaluate(model, config.data.dir, sched.micro_batch, config.data.seed,
-                                          model_config.seq_length, config.eval.batches)
-            log(f"step {step}: val loss {record['val_loss']:.4f} (perplexity {math.exp(record['val_loss']):.2f})")
-        for key, value in record.items():
-            if key != "step" and value is not None:
-                writer.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            val = evaluate(model, config.data.dir, sched.micro_batch, config.data.seed, model_config.seq_length,
+                           config.eval.batches)
+            record["val_loss"] = val
+            say(f"step {step}: val loss {val:.4f} (perplexity {math.exp(val):.2f})")
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and value is not None:
+                    writer.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
         scheduled = config.run.stop_at_step == step and step < sched.train_steps
-        if stop.signal is not None or timed_out or scheduled:
+        if dist_.any_rank(stop.signal is not None or timed_out or scheduled, layout):
             save()
-            writer.close()
+            if writer is not None:
+                writer.close()
             why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None
-                   else "run.max_minutes" if timed_out else "run.stop_at_step")
-            log(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
+                   else "run.max_minutes" if timed_out else "run.stop_at_step" if scheduled else "another rank")
+            say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
             return EXIT_REQUEUE
         if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < sched.train_steps:
             save()
     save()
-    writer.close()
+    if writer is not None:
+        writer.close()
     return 0
 
 

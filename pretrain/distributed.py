@@ -1,0 +1,140 @@
+"""Process layout: torchrun, srun or one plain process; Megatron's tensor / data parallel groups; the
+collectives the training loop needs (gradient averaging, a tensor-parallel-aware gradient norm, and
+agreement between ranks on when to stop).
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; under srun the launcher sets
+MASTER_ADDR / MASTER_PORT and SLURM gives SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. NCCL on GPU,
+gloo on CPU. Tensor-parallel ranks are adjacent (Megatron's order); the data-parallel size is
+world / tensor. Pipeline parallelism is not supported.
+"""
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class LaunchError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    rank: int
+    world: int
+    local_rank: int
+    tensor: int
+    tp_rank: int
+    data: int
+    dp_rank: int
+
+    def as_dict(self):
+        return asdict(self)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _launch_env():
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if missing:
+            raise LaunchError(f"running under srun with {env['SLURM_NTASKS']} tasks but {missing} are not set "
+                              "(slurm/launch.sh sets them from the job's node list)")
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_distributed(tensor: int) -> Layout:
+    """Join the launcher's process group (or make a one-rank one) and Megatron's parallel state."""
+    from megatron.core import parallel_state
+
+    from titans_megatron.parallel import ensure_model_parallel
+
+    rank, world, local = _launch_env()
+    if world % tensor:
+        raise LaunchError(f"parallel.tensor ({tensor}) must divide the number of processes ({world})")
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world)
+    ensure_model_parallel(tensor)
+    return Layout(rank, world, local, tensor, parallel_state.get_tensor_model_parallel_rank(),
+                  parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank())
+
+
+def average_gradients(model: torch.nn.Module, layout: Layout) -> None:
+    """Mean of the gradients over the data-parallel ranks (one flat all-reduce)."""
+    if layout.data == 1:
+        return
+    from megatron.core import parallel_state
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    flat /= layout.data
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float, layout: Layout) -> float:
+    """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their group,
+    replicated parameters counted once. Every rank gets the same norm, so replicas stay identical."""
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    params = [p for p in model.parameters() if p.grad is not None]
+    for p in params:
+        sq = p.grad.detach().double().pow(2).sum().cpu()
+        if getattr(p, "tensor_model_parallel", False):
+            sharded += sq
+        else:
+            replicated += sq
+    if layout.tensor > 1:
+        from megatron.core import parallel_state
+
+        dist.all_reduce(sharded, group=parallel_state.get_tensor_model_parallel_group())
+    norm = float((sharded + replicated).sqrt())
+    if norm > max_norm and norm == norm and norm != float("inf"):
+        scale = max_norm / (norm + 1e-6)
+        for p in params:
+            p.grad.mul_(scale)
+    return norm
+
+
+def mean_over_data_parallel(value: float, layout: Layout) -> float:
+    if layout.data == 1:
+        return value
+    from megatron.core import parallel_state
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
+    return float(t) / layout.data
+
+
+def any_rank(flag: bool, layout: Layout) -> bool:
+    """True on every rank if it is true on any: ranks stop (and save) at the same step."""
+    if layout.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(layout: Layout) -> None:
+    if layout.world > 1:
+        dist.barrier()
+
+
+def gather_objects(obj, layout: Layout) -> list:
+    if layout.world == 1:
+        return [obj]
+    out = [None] * layout.world
+    dist.all_gather_object(out, obj)
+    return out
