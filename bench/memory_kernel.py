@@ -32,7 +32,6 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import platform
 import statistics
@@ -41,7 +40,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.outputs import write_report  # noqa: E402
+from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
 
 MEMORY_IMPLS = ("triton", "torch", "titans-pytorch")
 ATTENTION_IMPLS = ("sdpa-causal", "flash-attn")
@@ -249,13 +248,6 @@ def run(cfg):
     return rows
 
 
-def _version(pkg):
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def targets(cfg, rows, peak_tflops):
     """The issue's targets (GPU, d_h 64, depth 2, bf16), each met / not met / n/a with its number."""
     def get(impl, T, H, d):
@@ -290,12 +282,12 @@ def targets(cfg, rows, peak_tflops):
 
 def report(cfg, rows, peak_tflops, config_path):
     device = torch.device(cfg["device"])
-    machine = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+    machine = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_description()
     meta = {
         "command": "python bench/memory_kernel.py " + " ".join(sys.argv[1:]),
         "config": config_path, "date": datetime.date.today().isoformat(), "device": machine,
-        "torch": torch.__version__, "triton": _version("triton"), "titans_pytorch": _version("titans-pytorch"),
-        "fla": _version("flash-linear-attention") or _version("fla-core"), "flash_attn": _version("flash-attn"),
+        "torch": torch.__version__, "triton": package_version("triton"), "titans_pytorch": package_version("titans-pytorch"),
+        "fla": package_version("flash-linear-attention") or package_version("fla-core"), "flash_attn": package_version("flash-attn"),
         "python": platform.python_version(), "matmul_peak_tflops": peak_tflops,
         "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
     }

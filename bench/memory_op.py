@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.outputs import write_report  # noqa: E402
+from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
 from kernels import neural_memory  # noqa: E402
 
 
@@ -147,8 +147,7 @@ def worker(cfg):
 def machine_description(device):
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"{cpu_description()}, torch threads {torch.get_num_threads()}"
 
 
 def _worker(args, T, impl):
@@ -206,11 +205,7 @@ def report(args, rows):
         "timing": "each row alone in its own process (warm-up, then `repeats` timed steps), all rows run in "
                   "`rounds` interleaved passes; median over all timed steps; peak memory of the warm-up step",
     }
-    try:
-        import importlib.metadata as md
-        meta["titans_pytorch"] = md.version("titans-pytorch")
-    except Exception:
-        meta["titans_pytorch"] = None
+    meta["titans_pytorch"] = package_version("titans-pytorch")
     lines = [f"# neural-memory op: forward+backward ({meta['date']})", "",
              f"- command: `{meta['command']}`", f"- machine: {meta['machine']} ({args.device})",
              f"- torch {meta['torch']}, titans-pytorch {meta['titans_pytorch']}, python {meta['python']}",

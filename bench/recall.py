@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import time
 import warnings
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+from bench.outputs import cpu_description  # noqa: E402
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 
 BOS, SEP = 0, 1  # special tokens; keys, values and filler follow
@@ -138,7 +138,7 @@ def main():
     chance = 1 / spec["task"]["value_vocab"]
     lines = [f"# Associative recall beyond the attention window ({datetime.date.today().isoformat()})", "",
              f"- command: `python bench/recall.py {' '.join(sys.argv[1:])}`",
-             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+             f"- machine: {cpu_description()}, torch {torch.__version__}",
              f"- config: `{args.config}`: {json.dumps(spec)}",
              f"- chance accuracy: {chance:.3f}", "",
              "| variant | recall accuracy, memory on | memory off | train seconds (on / off) |", "|---|---|---|---|"]

@@ -24,7 +24,6 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
 import argparse
 import datetime
 import gzip
-import importlib.metadata
 import json
 import platform
 import random
@@ -35,7 +34,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from bench.outputs import write_report  # noqa: E402
+from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
 
 
@@ -47,7 +46,7 @@ def make_input(path, cfg, log):
     rng = random.Random(cfg["seed"])
     with gzip.open(CORPUS, "rt") as f:
         paragraphs = [d["text"].split("\n\n") for d in map(json.loads, f)]
-    writer, rows, chars, start = None, 0, 0, time.time()
+    rows, chars, start = 0, 0, time.time()
     schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
     with pq.ParquetWriter(path, schema) as writer:
         while chars < cfg["input_bytes"]:
@@ -138,13 +137,6 @@ def pipeline(model, parquet, out, cfg, workers):
             "peak_rss_mib": peak[0] / 2**20, "progress_tail": stderr.strip().splitlines()[-1][-160:] if stderr.strip() else ""}
 
 
-def _version(pkg):
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "bench", "tokenize.json"))
@@ -175,10 +167,9 @@ def main():
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     ratio = (pipe["tokens"] / pipe["seconds"]) / (raw_tokens / raw_seconds)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     meta = {"command": "python bench/tokenize.py " + " ".join(sys.argv[1:]), "date": datetime.date.today().isoformat(),
-            "machine": f"{cpu}, {cores} cores", "python": platform.python_version(),
-            "sentencepiece": _version("sentencepiece"), "pyarrow": _version("pyarrow"), "config": cfg}
+            "machine": cpu_description(), "python": platform.python_version(),
+            "sentencepiece": package_version("sentencepiece"), "pyarrow": package_version("pyarrow"), "config": cfg}
     result = {"input_rows": rows, "input_characters": chars, "input_file_bytes": size,
               "raw": {"tokens": raw_tokens, "seconds": raw_seconds, "tokens_per_s": raw_tokens / raw_seconds},
               "pipeline": {**pipe, "tokens_per_s": pipe["tokens"] / pipe["seconds"]}, "ratio": ratio}

@@ -1,5 +1,6 @@
 """``DIR/manifest.json`` and the run's arguments: written atomically, compared on every rerun."""
 
+import hashlib
 import json
 import os
 from typing import Optional
@@ -10,6 +11,14 @@ FORMAT = "titans-packed-webdataset-v1"
 
 class ArgumentMismatch(Exception):
     pass
+
+
+def file_sha256(path: str, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_json(path: str, obj) -> None:

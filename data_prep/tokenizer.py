@@ -1,10 +1,11 @@
 """The sentencepiece model: loading with clear errors, its identity (sha256) and special ids."""
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from data_prep.manifest import file_sha256
 
 
 class TokenizerError(Exception):
@@ -27,14 +28,6 @@ class TokenizerInfo:
     def dtype(self):
         """Token dtype of the shards: uint16 when every id fits."""
         return np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-
-
-def file_sha256(path: str, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load(path: str):

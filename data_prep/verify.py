@@ -13,24 +13,15 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
     sys.path[0] = os.path.dirname(_here)
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 
-from data_prep.manifest import MANIFEST, read_json  # noqa: E402
+from data_prep.manifest import MANIFEST, file_sha256, read_json  # noqa: E402
 from data_prep.shards import read_shard  # noqa: E402
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_shard(path, record, manifest):
     problems, window = [], manifest["window"]
     vocab, dtype = manifest["tokenizer"]["vocab_size"], manifest["dtype"]
-    if _sha256(path) != record["sha256"]:
+    if file_sha256(path) != record["sha256"]:
         problems.append(f"{path}: sha256 differs from the manifest")
     samples = tokens = 0
     keys = []

@@ -142,6 +142,20 @@ def _set(config: TrainConfig, section: str, key: str, value, source: str):
     setattr(obj, key, _check_type(f"{source}: {section}.{key}", value, hints[key]))
 
 
+def config_from_dict(data: dict, source: str = "config", config: Optional[TrainConfig] = None) -> TrainConfig:
+    """Sections of ``data`` over ``config`` (defaults when None), checked key by key."""
+    config = config or TrainConfig()
+    for section, values in data.items():
+        if section == "description":
+            continue
+        if not isinstance(values, dict):
+            _section_of(config, section, source)
+            raise ConfigError(f"{source}: section {section!r} must be an object")
+        for key, value in values.items():
+            _set(config, section, key, value, source)
+    return config
+
+
 def load_config(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
     config = TrainConfig()
     if path:
@@ -152,14 +166,7 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
             raise ConfigError(f"{path}: no such config file") from e
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-        for section, values in data.items():
-            if section == "description":
-                continue
-            if not isinstance(values, dict):
-                _section_of(config, section, path)
-                raise ConfigError(f"{path}: section {section!r} must be an object")
-            for key, value in values.items():
-                _set(config, section, key, value, path)
+        config_from_dict(data, path, config)
     for item in overrides:
         name, sep, text = item.partition("=")
         if not sep or "." not in name:

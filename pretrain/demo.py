@@ -20,10 +20,11 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
+from pretrain.trainer import EXIT_REQUEUE  # noqa: E402
+
 ROOT = os.path.dirname(_here)
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
 CONFIG = os.path.join(ROOT, "configs", "tiny_mag.json")
-REQUEUE = 3  # pretrain.trainer.EXIT_REQUEUE
 
 
 def stage(title, cmd, ok=(0,)):
@@ -58,7 +59,7 @@ def main(argv=None):
              f"checkpoint.interval={max(1, args.steps // 4)}", f"eval.interval={max(1, args.steps // 4)}"]
     half = args.steps // 2
     stage(f"3. train to step {half} of {args.steps}, then stop as if preempted",
-          train + [f"run.stop_at_step={half}"], ok=(REQUEUE,))
+          train + [f"run.stop_at_step={half}"], ok=(EXIT_REQUEUE,))
     stage("4. resume from the checkpoint and finish", train)
     stage("5. evaluate the final checkpoint", [py, os.path.join(ROOT, "pretrain", "evaluate.py"), "--checkpoint", ckpt])
 

@@ -8,6 +8,7 @@ gloo on CPU. Tensor-parallel ranks are adjacent (Megatron's order); the data-par
 world / tensor. Pipeline parallelism is not supported.
 """
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -101,7 +102,7 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, layout: Layout) -> f
 
         dist.all_reduce(sharded, group=parallel_state.get_tensor_model_parallel_group())
     norm = float((sharded + replicated).sqrt())
-    if norm > max_norm and norm == norm and norm != float("inf"):
+    if norm > max_norm and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
         for p in params:
             p.grad.mul_(scale)

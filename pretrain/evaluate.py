@@ -18,7 +18,7 @@ import math  # noqa: E402
 
 def validation(checkpoint_dir, data_dir=None, batches=None):
     from pretrain import checkpoint as ckpt
-    from pretrain.config import load_config
+    from pretrain.config import config_from_dict
     from pretrain.trainer import build, evaluate
 
     path = ckpt.latest_dir(checkpoint_dir) or checkpoint_dir
@@ -27,7 +27,7 @@ def validation(checkpoint_dir, data_dir=None, batches=None):
         raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
     with open(state_file) as f:
         saved = json.load(f)
-    config = load_config(None, [f"{s}.{k}={json.dumps(v)}" for s, vals in saved["config"].items() for k, v in vals.items()])
+    config = config_from_dict(saved["config"], state_file)
     if config.parallel.tensor != 1:
         raise ValueError(f"{path}: saved at tensor-parallel size {config.parallel.tensor}; evaluation loads size-1 "
                          "checkpoints until resharding is built")

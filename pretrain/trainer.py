@@ -78,12 +78,6 @@ def evaluate(model, data_dir: str, micro_batch: int, seed: int, seq_length: int,
     return sum(losses) / len(losses)
 
 
-def _metrics_writer(log_dir: str):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir)
-
-
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     """Returns the process exit status: 0 when the step budget is reached, EXIT_REQUEUE after a signal
     or the time limit (saved), and raises TrainingAborted after too many non-finite steps. Every rank
@@ -113,7 +107,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         step = state["step"]
         say(f"resumed from {latest} at step {step}")
     log_dir = config.log.dir or os.path.join(config.checkpoint.dir, "tensorboard")
-    writer = _metrics_writer(log_dir) if layout.is_main else None
+    writer = None
+    if layout.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir)
     metrics_path = os.path.join(log_dir, "metrics.jsonl")
     stop = _StopFlag()
     accumulation = sched.global_batch // (sched.micro_batch * layout.data)
