@@ -8,8 +8,9 @@ checkpoint and pointer intact. Loading refuses a checkpoint whose model configur
 the run's, naming each difference.
 
 Files: ``model_tpR.pt`` / ``optimizer_tpR.pt`` per tensor-parallel rank R (data-parallel replicas hold
-the same state; rank 0 of each writes), ``rng_NNNNN.pt`` per process, ``train_state.json``. Loading at
-another tensor-parallel size (through the model's ``sharded_state_dict``) is the next step.
+the same state; rank 0 of each writes), ``rng_NNNNN.pt`` per process, ``train_state.json``. The model and
+optimizer files hold pieces placed in the full tensors (pretrain/resharding.py), so a checkpoint loads
+at any tensor-parallel size; RNG states are restored only when the layout is the same.
 """
 
 import json
@@ -18,6 +19,8 @@ import shutil
 from typing import Optional
 
 import torch
+
+from pretrain import resharding
 
 LATEST = "latest"
 
@@ -68,8 +71,8 @@ def save(root: str, step: int, model, optimizer, data_states: list, config: dict
         os.makedirs(tmp)
     barrier(layout)
     if layout.dp_rank == 0:
-        torch.save(model.state_dict(), os.path.join(tmp, f"model_tp{layout.tp_rank}.pt"))
-        torch.save(optimizer.state_dict(), os.path.join(tmp, f"optimizer_tp{layout.tp_rank}.pt"))
+        torch.save(resharding.model_pieces(model), os.path.join(tmp, f"model_tp{layout.tp_rank}.pt"))
+        torch.save(resharding.optimizer_pieces(model, optimizer), os.path.join(tmp, f"optimizer_tp{layout.tp_rank}.pt"))
     torch.save(_rng_state(), os.path.join(tmp, f"rng_{layout.rank:05d}.pt"))
     barrier(layout)
     if layout.is_main:
@@ -96,22 +99,32 @@ def model_differences(saved: dict, current: dict) -> list:
     return diff
 
 
+def _read_all(path: str, kind: str, saved_tp: int) -> list:
+    files = [os.path.join(path, f"{kind}_tp{r}.pt") for r in range(saved_tp)]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise CheckpointError(f"{path} was saved at tensor-parallel size {saved_tp} but lacks {missing}")
+    # memory-mapped: a rank reads only the bytes of the pieces that overlap its own shards
+    return [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+
+
 def load(path: str, model, optimizer, config: dict, layout=None) -> dict:
-    """Restore model, optimizer and RNG from ``path``; returns the saved train state."""
+    """Restore model, optimizer and RNG from ``path`` at this run's tensor-parallel size (any size the
+    checkpoint was saved at); returns the saved train state."""
     with open(os.path.join(path, "train_state.json")) as f:
         state = json.load(f)
     diff = model_differences(state["config"]["model"], config["model"])
     if diff:
         raise CheckpointError(f"{path} holds a different model; refusing to load it:\n  " + "\n  ".join(diff))
-    saved_tp, tp, tp_rank = state["layout"]["tensor"], (layout.tensor if layout else 1), (layout.tp_rank if layout else 0)
-    if saved_tp != tp:
-        raise CheckpointError(f"{path} was saved at tensor-parallel size {saved_tp}, this run has {tp}; loading at "
-                              "another size is not built yet (docs/training.md)")
-    model.load_state_dict(torch.load(os.path.join(path, f"model_tp{tp_rank}.pt"), map_location="cpu", weights_only=True))
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(path, f"optimizer_tp{tp_rank}.pt"), map_location="cpu",
-                                             weights_only=True))
-        rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
-        if os.path.exists(rng):
-            _set_rng_state(torch.load(rng, weights_only=False))
+    saved_layout = state["layout"]
+    try:
+        resharding.load_model(model, _read_all(path, "model", saved_layout["tensor"]))
+        if optimizer is not None:
+            resharding.load_optimizer(model, optimizer, _read_all(path, "optimizer", saved_layout["tensor"]))
+    except resharding.ReshardError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    same_layout = all(saved_layout[k] == (getattr(layout, k) if layout else 1) for k in ("tensor", "data"))
+    rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
+    if optimizer is not None and same_layout and os.path.exists(rng):
+        _set_rng_state(torch.load(rng, weights_only=False))
     return state

@@ -2,8 +2,8 @@
 
     python pretrain/evaluate.py --checkpoint CKPT_DIR [--data DIR] [--batches N]
 
-CKPT_DIR is a run's checkpoint folder (its ``latest`` is used) or one ``iter_NNNNNNN`` folder. The
-data defaults to the run's data.dir. The paper's full evaluation is eval_suite/run.py.
+CKPT_DIR is a run's checkpoint folder (its ``latest`` is used) or one ``iter_NNNNNNN`` folder, saved at
+any tensor-parallel size (it is loaded into one process). The data defaults to the run's data.dir. The paper's full evaluation is eval_suite/run.py.
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
@@ -16,10 +16,12 @@ import json  # noqa: E402
 import math  # noqa: E402
 
 
-def validation(checkpoint_dir, data_dir=None, batches=None):
+def restore(checkpoint_dir, layout=None):
+    """The model of a checkpoint, at this process's tensor-parallel size (``layout``; one process when
+    None) whatever size it was saved at. Returns (train config, model config, model, saved train state)."""
     from pretrain import checkpoint as ckpt
     from pretrain.config import config_from_dict
-    from pretrain.trainer import build, evaluate
+    from pretrain.trainer import build
 
     path = ckpt.latest_dir(checkpoint_dir) or checkpoint_dir
     state_file = os.path.join(path, "train_state.json")
@@ -27,15 +29,25 @@ def validation(checkpoint_dir, data_dir=None, batches=None):
         raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
     with open(state_file) as f:
         saved = json.load(f)
-    config = config_from_dict(saved["config"], state_file)
-    if config.parallel.tensor != 1:
-        raise ValueError(f"{path}: saved at tensor-parallel size {config.parallel.tensor}; evaluation loads size-1 "
-                         "checkpoints until resharding is built")
+    tensor = layout.tensor if layout else 1
+    as_saved = saved["config"]
+    here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
+                                     "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
+    config = config_from_dict(here, state_file)
     model_config, model = build(config)
-    ckpt.load(path, model, None, config.as_dict())
+    ckpt.load(path, model, None, config.as_dict(), layout)
+    model.eval()
+    return config, model_config, model, {**saved, "path": path}
+
+
+def validation(checkpoint_dir, data_dir=None, batches=None):
+    from pretrain.trainer import evaluate
+
+    config, model_config, model, saved = restore(checkpoint_dir)
     data = data_dir or config.data.dir
     loss = evaluate(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches)
-    return {"checkpoint": path, "step": saved["step"], "data": data, "val_loss": loss, "val_perplexity": math.exp(loss)}
+    return {"checkpoint": saved["path"], "step": saved["step"], "data": data, "val_loss": loss,
+            "val_perplexity": math.exp(loss)}
 
 
 def main(argv=None):
@@ -44,9 +56,11 @@ def main(argv=None):
     p.add_argument("--data", default=None)
     p.add_argument("--batches", type=int, default=None, help="default: one pass over the val split")
     args = p.parse_args(argv)
+    from pretrain.checkpoint import CheckpointError
+
     try:
         result = validation(args.checkpoint, args.data, args.batches)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))

@@ -103,7 +103,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     latest = ckpt.latest_dir(config.checkpoint.dir) if config.checkpoint.dir else None
     if latest:
         state = ckpt.load(latest, model, optimizer, config_dict, layout)
-        data.load_state_dict(state["data"][layout.dp_rank])
+        data.load_state_dict(state["data"][min(layout.dp_rank, len(state["data"]) - 1)])  # refuses another DP size
         step = state["step"]
         say(f"resumed from {latest} at step {step}")
     log_dir = config.log.dir or os.path.join(config.checkpoint.dir, "tensorboard")

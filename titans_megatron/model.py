@@ -29,6 +29,9 @@ class TitansLM(nn.Module):
             out = out[..., : self.config.vocab_size]
         return out
 
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        """Megatron-core's checkpoint metadata, keyed like ``state_dict()``."""
+        return self.gpt.sharded_state_dict(prefix=prefix + "gpt.", sharded_offsets=sharded_offsets, metadata=metadata)
 
     def mixers(self):
         return [layer.self_attention for layer in self.gpt.decoder.layers]

@@ -1,0 +1,27 @@
+"""One rank of ``torchrun``: load checkpoints at this run's tensor-parallel size (the number of
+processes) and write the logits of fixed token ids (spawned by test_distributed.py)."""
+
+import sys
+import warnings
+
+import torch
+
+
+def main(out_path, *checkpoints):
+    warnings.filterwarnings("ignore")
+    from pretrain.distributed import init_distributed
+    from pretrain.evaluate import restore
+
+    layout = init_distributed(int(__import__("os").environ.get("WORLD_SIZE", "1")))
+    results = {}
+    for path in checkpoints:
+        _, model_config, model, _ = restore(path, layout)
+        ids = torch.randint(0, model_config.vocab_size, (2, model_config.seq_length),
+                            generator=torch.Generator().manual_seed(7))
+        results[path] = model(ids).detach()
+    if layout.is_main:
+        torch.save(results, out_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
