@@ -34,13 +34,14 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
+from kernels.memory_op.flops import memory_forward_flops  # noqa: E402
 
 MEMORY_IMPLS = ("triton", "torch", "titans-pytorch")
 ATTENTION_IMPLS = ("sdpa-causal", "flash-attn")
@@ -58,13 +59,6 @@ def load_config(path):
     if unknown:
         raise SystemExit(f"{path}: unknown impls {unknown}")
     return cfg
-
-
-def memory_forward_flops(d, depth, expansion, chunk):
-    """Model FLOPs of the memory forward per token and head."""
-    if depth == 1:
-        return 10 * d * d + 4 * chunk * d
-    return 22 * expansion * d * d + (4 + 4 * expansion) * chunk * d
 
 
 def step_flops(impl, cfg, T, H, d):
@@ -170,54 +164,6 @@ def make_step(impl, cfg, T, H, d, device, dtype):
     raise ValueError(impl)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_steps(step, cfg, device):
-    for _ in range(cfg["warmup"]):
-        step()
-    _sync(device)
-    peak = None
-    if device.type == "cuda":
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    times = []
-    for _ in range(cfg["repeats"]):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak
-
-
-def matmul_peak(cfg, device, dtype):
-    """TFLOP/s of a large square GEMM in the run's dtype: the denominator of "% peak"."""
-    n = cfg["matmul_peak_size"]
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    reps = 10
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
-
-
-def _describe_error(e):
-    if isinstance(e, ImportError):
-        return f"not installed ({e.name or e})"
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return "out of memory"
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-
-
 def run(cfg):
     device, dtype = torch.device(cfg["device"]), _dtype(cfg["dtype"])
     rows = []
@@ -228,14 +174,14 @@ def run(cfg):
             row = {"impl": impl, "T": T, "H": H, "d": d, "B": cfg["tokens_per_batch"] // T}
             try:
                 step = make_step(impl, cfg, T, H, d, device, dtype)
-                seconds, peak = time_steps(step, cfg, device)
+                seconds, peak = time_steps(step, cfg["warmup"], cfg["repeats"], device)
                 flops = step_flops(impl, cfg, T, H, d)
                 row.update(seconds=seconds, tokens_per_s=cfg["tokens_per_batch"] / seconds, peak_mib=peak,
                            tflops=None if flops is None else flops / seconds / 1e12)
                 if impl == "triton":
                     row["gbytes_per_s"] = bytes_model(cfg, T, H, d, dtype.itemsize) / seconds / 1e9
             except Exception as e:  # one row's failure (missing package, OOM) must not lose the others
-                row["error"] = _describe_error(e)
+                row["error"] = describe_error(e)
             finally:
                 step = None
                 if device.type == "cuda":
@@ -334,7 +280,7 @@ def main():
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
     elif not torch.cuda.is_available():
         raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
-    peak = matmul_peak(cfg, torch.device(cfg["device"]), _dtype(cfg["dtype"]))
+    peak = matmul_peak(cfg["matmul_peak_size"], torch.device(cfg["device"]), _dtype(cfg["dtype"]))
     rows = run(cfg)
     meta, table = report(cfg, rows, peak, args.config)
     print(table)

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.timing import sync  # noqa: E402
 from kernels import neural_memory  # noqa: E402
 
 
@@ -114,11 +115,6 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def worker(cfg):
     """One implementation alone in this process: peak memory of its first forward+backward (which is
     also the warm-up), then the times of ``repeats`` more."""
@@ -130,7 +126,7 @@ def worker(cfg):
     else:
         base = rss_bytes()
     step()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -139,7 +135,7 @@ def worker(cfg):
     for _ in range(cfg.repeats):
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     print(json.dumps({"peak_mib": peak / 2**20, "times": times}))
 

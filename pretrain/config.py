@@ -67,7 +67,8 @@ class LogSection:
     """TensorBoard event files and metrics.jsonl (default: <checkpoint dir>/tensorboard)."""
     interval: int = 10
     peak_tflops: Optional[float] = None
-    """The device's peak (bf16) TFLOP/s; MFU (6 x parameters x tokens/s over it) is logged when set."""
+    """One device's peak (bf16 dense) TFLOP/s; MFU (model FLOPs per token, titans_megatron/flops.py, x
+    tokens/s over devices x peak) is logged when set."""
 
 
 @dataclass
@@ -94,6 +95,9 @@ class RunSection:
     """Consecutive non-finite steps (skipped) before the run aborts."""
     stop_at_step: Optional[int] = None
     """Save and exit with the requeue status after this step, as a preemption would (demo, tests)."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast), or fp32. Weights, gradients and
+    optimizer state stay fp32 either way."""
 
 
 @dataclass
@@ -110,6 +114,9 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+CHOICES = {("run", "precision"): ("auto", "bf16", "fp32")}
 
 
 def _check_type(where: str, value, annotation):
@@ -139,7 +146,11 @@ def _set(config: TrainConfig, section: str, key: str, value, source: str):
     hints = typing.get_type_hints(type(obj))
     if key not in hints:
         raise ConfigError(f"{source}: unknown key {section}.{key}; {section} has {sorted(hints)}")
-    setattr(obj, key, _check_type(f"{source}: {section}.{key}", value, hints[key]))
+    value = _check_type(f"{source}: {section}.{key}", value, hints[key])
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{source}: {section}.{key} must be one of {list(choices)}, got {value!r}")
+    setattr(obj, key, value)
 
 
 def config_from_dict(data: dict, source: str = "config", config: Optional[TrainConfig] = None) -> TrainConfig:

@@ -37,6 +37,11 @@ class Layout:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def device(self) -> torch.device:
+        """This process's GPU (the launcher's local rank), or the CPU."""
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
 
 def _launch_env():
     env = os.environ
@@ -88,11 +93,11 @@ def average_gradients(model: torch.nn.Module, layout: Layout) -> None:
 def clip_gradients(model: torch.nn.Module, max_norm: float, layout: Layout) -> float:
     """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their group,
     replicated parameters counted once. Every rank gets the same norm, so replicas stay identical."""
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
+    sharded = torch.zeros((), dtype=torch.float64, device=layout.device)
+    replicated = torch.zeros((), dtype=torch.float64, device=layout.device)
     params = [p for p in model.parameters() if p.grad is not None]
     for p in params:
-        sq = p.grad.detach().double().pow(2).sum().cpu()
+        sq = p.grad.detach().double().pow(2).sum()
         if getattr(p, "tensor_model_parallel", False):
             sharded += sq
         else:
@@ -114,7 +119,7 @@ def mean_over_data_parallel(value: float, layout: Layout) -> float:
         return value
     from megatron.core import parallel_state
 
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=layout.device)  # NCCL reduces GPU tensors only
     dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
     return float(t) / layout.data
 
@@ -123,7 +128,7 @@ def any_rank(flag: bool, layout: Layout) -> bool:
     """True on every rank if it is true on any: ranks stop (and save) at the same step."""
     if layout.world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=layout.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

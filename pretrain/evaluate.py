@@ -15,6 +15,8 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 
+import torch  # noqa: E402
+
 
 def restore(checkpoint_dir, layout=None):
     """The model of a checkpoint, at this process's tensor-parallel size (``layout``; one process when
@@ -36,7 +38,7 @@ def restore(checkpoint_dir, layout=None):
     config = config_from_dict(here, state_file)
     model_config, model = build(config)
     ckpt.load(path, model, None, config.as_dict(), layout)
-    model.eval()
+    model.to(layout.device if layout else torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return config, model_config, model, {**saved, "path": path}
 
 
@@ -45,7 +47,8 @@ def validation(checkpoint_dir, data_dir=None, batches=None):
 
     config, model_config, model, saved = restore(checkpoint_dir)
     data = data_dir or config.data.dir
-    loss = evaluate(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches)
+    loss = evaluate(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches,
+                    config.run.precision)
     return {"checkpoint": saved["path"], "step": saved["step"], "data": data, "val_loss": loss,
             "val_perplexity": math.exp(loss)}
 

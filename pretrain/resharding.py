@@ -110,7 +110,7 @@ def _gather_local(name: str, placement, like: torch.Tensor, saved: Dict[str, lis
     pieces, tree = _split(name, placement, like)
     blocks = []
     for piece_name, shape, offset, data in pieces:
-        block = torch.empty_like(data)
+        block = torch.empty(data.shape, dtype=data.dtype)  # on the CPU: load_state_dict moves it
         _fill(piece_name, shape, offset, block, saved)
         blocks.append(block)
     return _merge(placement, tree, blocks)
@@ -121,7 +121,7 @@ def model_pieces(model) -> dict:
     pieces, extra = [], {}
     for key, value in model.state_dict(keep_vars=False).items():
         if isinstance(value, torch.Tensor):
-            pieces += _split(key, placements.get(key), value.detach())[0]
+            pieces += _split(key, placements.get(key), value.detach().cpu())[0]
         else:
             extra[key] = value  # Transformer Engine's _extra_state and the like: kept per rank
     return {"format": FORMAT, "pieces": pieces, "extra": extra}
@@ -145,7 +145,7 @@ def optimizer_pieces(model, optimizer) -> dict:
         name = names[p]
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() and value.shape == p.shape:
-                pieces += _split(f"{name}#{key}", placements.get(name), value)[0]
+                pieces += _split(f"{name}#{key}", placements.get(name), value.detach().cpu())[0]
                 moments.setdefault(name, []).append(key)
             else:
                 scalars.setdefault(name, {})[key] = value
@@ -178,7 +178,7 @@ def load_optimizer(model, optimizer, files: List[dict]) -> None:
         for p, name in zip(group["params"], current):
             entry = dict(scalars.get(name, {}))
             for key in moments.get(name, []):
-                entry[key] = _gather_local(f"{name}#{key}", placements.get(name), torch.empty_like(p.detach()),
+                entry[key] = _gather_local(f"{name}#{key}", placements.get(name), torch.empty(p.shape, dtype=p.dtype),
                                            saved)
             if entry:
                 state[index] = entry

@@ -23,6 +23,7 @@ from pretrain.config import TrainConfig
 from data_prep.reader import manifest_of
 from pretrain.data import DataError, ShardStream
 from pretrain.optim import build_optimizer, learning_rate
+from titans_megatron.flops import matmul_parameters, training_flops_per_token
 from titans_megatron.parallel import allreduce_sequence_parallel_grads
 
 # Exit status after a signal or the time limit once the checkpoint is saved: the SLURM launcher
@@ -56,24 +57,33 @@ def build(config: TrainConfig):
     return model_config, model
 
 
-def language_model_loss(model, batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the unmasked targets of a batch."""
-    tokens = batch["tokens"]
-    logits = model(tokens[:, :-1])
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast (run.precision bf16, or auto on CUDA); weights and optimizer state stay fp32."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
+    """Mean next-token cross-entropy over the unmasked targets of a batch (on the model's device)."""
+    device = next(model.parameters()).device
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    with autocast(precision, device):
+        logits = model(tokens[:, :-1])
     losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-    mask = batch["loss_mask"].flatten()
+    mask = batch["loss_mask"].to(device).flatten()
     return (losses * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 @torch.no_grad()
-def evaluate(model, data_dir: str, micro_batch: int, seed: int, seq_length: int, batches: Optional[int]) -> float:
+def evaluate(model, data_dir: str, micro_batch: int, seed: int, seq_length: int, batches: Optional[int],
+             precision: str = "fp32") -> float:
     """Mean loss over the first ``batches`` batches of the val split (the same batches every time;
     None: one pass over the whole split)."""
     stream = ShardStream(data_dir, "val", 0, 1, micro_batch, seed, seq_length)
     if batches is None:
         batches = max(1, sum(s["samples"] for s in stream.shards) // micro_batch)
     model.eval()
-    losses = [language_model_loss(model, batch).item() for batch, _ in zip(stream, range(batches))]
+    losses = [language_model_loss(model, batch, precision).item() for batch, _ in zip(stream, range(batches))]
     model.train()
     return sum(losses) / len(losses)
 
@@ -90,6 +100,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         raise ValueError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
                          f"({sched.micro_batch}) x data-parallel size ({layout.data})")
     model_config, model = build(config)
+    model.to(layout.device)
     vocab = manifest_of(config.data.dir)["tokenizer"]["vocab_size"]
     if vocab != model_config.vocab_size:
         raise DataError(f"{config.data.dir}: the tokenizer has {vocab} tokens, model.overrides.vocab_size is "
@@ -116,7 +127,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     stop = _StopFlag()
     accumulation = sched.global_batch // (sched.micro_batch * layout.data)
     tokens_per_step = sched.global_batch * model_config.seq_length
-    params = sum(p.numel() for p in model.parameters())  # this rank's share; x tensor for the model
+    flops_per_token = training_flops_per_token(model_config, matmul_parameters(model))
     say(f"{layout.world} process(es): tensor {layout.tensor} x data {layout.data}; {accumulation} micro-batches "
         f"of {sched.micro_batch} per step and rank")
 
@@ -138,7 +149,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for _ in range(accumulation):
-            loss = language_model_loss(model, next(batches))
+            loss = language_model_loss(model, next(batches), config.run.precision)
             (loss / accumulation).backward()
             loss_sum += loss.item() / accumulation
         if model_config.sequence_parallel:
@@ -164,7 +175,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             elapsed = time.time() - window_start
             tps = window_tokens / max(elapsed, 1e-9)
             record["tokens_per_s"] = tps
-            record["mfu"] = (6 * params * layout.tensor * tps / (layout.world * config.log.peak_tflops * 1e12)
+            record["mfu"] = (flops_per_token * tps / (layout.world * config.log.peak_tflops * 1e12)
                              if config.log.peak_tflops else None)
             record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else _rss_bytes()) / 2**20
@@ -174,7 +185,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             window_start, window_tokens = time.time(), 0
         if config.eval.interval and step % config.eval.interval == 0:
             val = evaluate(model, config.data.dir, sched.micro_batch, config.data.seed, model_config.seq_length,
-                           config.eval.batches)
+                           config.eval.batches, config.run.precision)
             record["val_loss"] = val
             say(f"step {step}: val loss {val:.4f} (perplexity {math.exp(val):.2f})")
         if writer is not None:

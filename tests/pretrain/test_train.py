@@ -66,9 +66,9 @@ def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeyp
     real = trainer.language_model_loss
     calls = {"n": 0}
 
-    def sometimes_nan(model, batch):
+    def sometimes_nan(model, batch, precision):
         calls["n"] += 1
-        loss = real(model, batch)
+        loss = real(model, batch, precision)
         return loss * float("nan") if calls["n"] in (5, 6) else loss  # step 3's two micro-batches
 
     monkeypatch.setattr(trainer, "language_model_loss", sometimes_nan)
@@ -79,7 +79,7 @@ def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeyp
     records = [json.loads(x) for x in (ckpt / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
     assert 3 not in [r["step"] for r in records] and records[-1]["skipped_steps"] == 1
 
-    monkeypatch.setattr(trainer, "language_model_loss", lambda model, batch: real(model, batch) * float("inf"))
+    monkeypatch.setattr(trainer, "language_model_loss", lambda model, batch, precision: real(model, batch, precision) * float("inf"))
     before = (ckpt / "latest").read_text()
     with pytest.raises(trainer.TrainingAborted, match="5 non-finite steps in a row"):
         trainer.train(_config(train_shards, ckpt, **{"schedule.train_steps": 30}), log=lambda line: None)
