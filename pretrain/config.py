@@ -1,5 +1,7 @@
 """The training configuration: sections of dataclasses, read from a JSON file, overridden on the
-command line (``section.key=value``, the value parsed as JSON, else taken as a string).
+command line (``section.key=value``, the value parsed as JSON, else taken as a string). A file may
+name a ``base`` file (relative to itself) whose sections it overrides key by key; the scaling configs
+are ``configs/<size>_<variant>.json`` over ``configs/scaling/<size>.json`` over ``scaling/common.json``.
 
 Every key is checked before any work: an unknown section or key, or a value of the wrong type, is a
 ``ConfigError`` naming it and what was expected.
@@ -7,6 +9,7 @@ Every key is checked before any work: an unknown section or key, or a value of t
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -47,10 +50,22 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    train_steps: int = 1000
+    train_steps: Optional[int] = 1000
+    """Optimizer steps; or set train_tokens instead (whichever is set later in the config, its base
+    files and the overrides wins, and clears the other)."""
+    train_tokens: Optional[int] = None
+    """A token budget (the paper's 15B / 30B / 100B): steps = ceil(tokens / (global_batch x seq_length))."""
     global_batch: int = 8
     """Sequences per optimizer step, over all data-parallel ranks (gradient accumulation fills it)."""
     micro_batch: int = 8
+
+
+    def steps(self, seq_length: int) -> int:
+        if self.train_tokens is None:
+            if self.train_steps is None:
+                raise ConfigError("set schedule.train_steps or schedule.train_tokens")
+            return self.train_steps
+        return -(-self.train_tokens // (self.global_batch * seq_length))
 
 
 @dataclass
@@ -117,6 +132,7 @@ class TrainConfig:
 
 
 CHOICES = {("run", "precision"): ("auto", "bf16", "fp32")}
+EXCLUSIVE = {("schedule", "train_steps"): "train_tokens", ("schedule", "train_tokens"): "train_steps"}
 
 
 def _check_type(where: str, value, annotation):
@@ -150,14 +166,18 @@ def _set(config: TrainConfig, section: str, key: str, value, source: str):
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{source}: {section}.{key} must be one of {list(choices)}, got {value!r}")
+    if isinstance(getattr(obj, key), dict) and isinstance(value, dict):
+        value = {**getattr(obj, key), **value}  # model.overrides: merged over the base file's
     setattr(obj, key, value)
+    if (section, key) in EXCLUSIVE:
+        setattr(obj, EXCLUSIVE[(section, key)], None)
 
 
 def config_from_dict(data: dict, source: str = "config", config: Optional[TrainConfig] = None) -> TrainConfig:
     """Sections of ``data`` over ``config`` (defaults when None), checked key by key."""
     config = config or TrainConfig()
     for section, values in data.items():
-        if section == "description":
+        if section in ("description", "base"):
             continue
         if not isinstance(values, dict):
             _section_of(config, section, source)
@@ -167,17 +187,32 @@ def config_from_dict(data: dict, source: str = "config", config: Optional[TrainC
     return config
 
 
+def _read_json(path: str, chain=()) -> list:
+    """``path`` and the files its ``base`` names (relative to it), base first."""
+    if path in chain:
+        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(chain + (path,))}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such config file" + (f" (the base of {chain[-1]})" if chain else "")) from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of sections")
+    base = data.get("base")
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a path, got {base!r}")
+    return _read_json(os.path.normpath(os.path.join(os.path.dirname(path), base)), chain + (path,)) + [(path, data)]
+
+
 def load_config(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
+    """A config file (over the files its ``base`` chain names), then ``section.key=value`` overrides."""
     config = TrainConfig()
-    if path:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such config file") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-        config_from_dict(data, path, config)
+    for source, data in _read_json(path) if path else []:
+        config_from_dict(data, source, config)
     for item in overrides:
         name, sep, text = item.partition("=")
         if not sep or "." not in name:

@@ -100,6 +100,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         raise ValueError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
                          f"({sched.micro_batch}) x data-parallel size ({layout.data})")
     model_config, model = build(config)
+    train_steps = sched.steps(model_config.seq_length)
     model.to(layout.device)
     vocab = manifest_of(config.data.dir)["tokenizer"]["vocab_size"]
     if vocab != model_config.vocab_size:
@@ -129,7 +130,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     tokens_per_step = sched.global_batch * model_config.seq_length
     flops_per_token = training_flops_per_token(model_config, matmul_parameters(model))
     say(f"{layout.world} process(es): tensor {layout.tensor} x data {layout.data}; {accumulation} micro-batches "
-        f"of {sched.micro_batch} per step and rank")
+        f"of {sched.micro_batch} per step and rank; {train_steps} steps of {tokens_per_step:,} tokens")
 
     def save():
         if config.checkpoint.dir:
@@ -142,8 +143,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     batches = iter(data)
     bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
     model.train()
-    while step < sched.train_steps:
-        lr = learning_rate(step, optim_cfg, sched.train_steps)
+    while step < train_steps:
+        lr = learning_rate(step, optim_cfg, train_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -171,7 +172,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         window_tokens += tokens_per_step
 
         record = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
-        if step % config.log.interval == 0 or step == sched.train_steps:
+        if step % config.log.interval == 0 or step == train_steps:
             elapsed = time.time() - window_start
             tps = window_tokens / max(elapsed, 1e-9)
             record["tokens_per_s"] = tps
@@ -179,8 +180,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                              if config.log.peak_tflops else None)
             record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else _rss_bytes()) / 2**20
-            eta = (sched.train_steps - step) * tokens_per_step / max(tps, 1e-9)
-            say(f"step {step}/{sched.train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
+            eta = (train_steps - step) * tokens_per_step / max(tps, 1e-9)
+            say(f"step {step}/{train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
                 f"{tps:,.0f} tok/s | ETA {eta / 60:.1f} min")
             window_start, window_tokens = time.time(), 0
         if config.eval.interval and step % config.eval.interval == 0:
@@ -196,7 +197,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                 f.write(json.dumps(record) + "\n")
 
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
-        scheduled = config.run.stop_at_step == step and step < sched.train_steps
+        scheduled = config.run.stop_at_step == step and step < train_steps
         if dist_.any_rank(stop.signal is not None or timed_out or scheduled, layout):
             save()
             if writer is not None:
@@ -205,7 +206,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                    else "run.max_minutes" if timed_out else "run.stop_at_step" if scheduled else "another rank")
             say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
             return EXIT_REQUEUE
-        if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < sched.train_steps:
+        if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < train_steps:
             save()
     save()
     if writer is not None:
