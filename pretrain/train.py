@@ -2,6 +2,7 @@
 
     python pretrain/train.py --config configs/tiny_mag.json [section.key=value ...]
     torchrun --nproc_per_node 2 pretrain/train.py --config ... parallel.tensor=2   # or under srun
+    python pretrain/train.py --check --world 16 --config ...   # the inputs only: data, checkpoints, layout
 
 Exit status: 0 done; 3 stopped by SIGTERM / SIGUSR1 or run.max_minutes after saving (requeue); 2 bad
 configuration or data (nothing trained); 1 aborted after run.max_bad_steps non-finite steps.
@@ -19,6 +20,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="JSON training config (configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value (value parsed as JSON)")
+    p.add_argument("--check", action="store_true", help="check the inputs (pretrain/preflight.py), train nothing")
+    p.add_argument("--world", type=int, default=None, help="with --check: the number of processes the run will have "
+                   "(default: this launch's WORLD_SIZE / SLURM_NTASKS, else 1)")
     args = p.parse_args(argv)
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
@@ -28,10 +32,12 @@ def main(argv=None):
 
     try:
         config = load_config(args.config, args.overrides)
-        for key in ("data.dir", "checkpoint.dir"):
-            section, name = key.split(".")
-            if not getattr(getattr(config, section), name):
-                raise ConfigError(f"{key} is not set (in {args.config} or as {key}=...)")
+        if args.check:
+            from pretrain.preflight import check
+
+            world = args.world or int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+            print("\n".join(check(config, world)), flush=True)
+            return 0
         return train(config, log=lambda line: print(line, flush=True))
     except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_
 from pretrain.config import TrainConfig
-from data_prep.reader import manifest_of
-from pretrain.data import DataError, ShardStream
+from pretrain import preflight
+from pretrain.data import ShardStream
 from pretrain.optim import build_optimizer, learning_rate
+from pretrain.preflight import model_config_of
 from titans_megatron.flops import matmul_parameters, training_flops_per_token
 from titans_megatron.parallel import allreduce_sequence_parallel_grads
 
@@ -48,11 +49,9 @@ class _StopFlag:
 
 
 def build(config: TrainConfig):
-    from titans_megatron import TitansConfig, build_model
+    from titans_megatron import build_model
 
-    parallel = dict(tensor_model_parallel_size=config.parallel.tensor, sequence_parallel=config.parallel.sequence)
-    model_config = TitansConfig.from_preset(config.model.preset, variant=config.model.variant,
-                                            **{**parallel, **config.model.overrides})
+    model_config = model_config_of(config)
     model = build_model(model_config, seed=config.run.seed)
     return model_config, model
 
@@ -96,16 +95,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     sched, optim_cfg = config.schedule, config.optim
     layout = dist_.init_distributed(config.parallel.tensor)
     say = log if layout.is_main else (lambda line: None)
-    if sched.global_batch % (sched.micro_batch * layout.data):
-        raise ValueError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
-                         f"({sched.micro_batch}) x data-parallel size ({layout.data})")
+    for line in preflight.check(config, layout.world):
+        say(line)
     model_config, model = build(config)
     train_steps = sched.steps(model_config.seq_length)
     model.to(layout.device)
-    vocab = manifest_of(config.data.dir)["tokenizer"]["vocab_size"]
-    if vocab != model_config.vocab_size:
-        raise DataError(f"{config.data.dir}: the tokenizer has {vocab} tokens, model.overrides.vocab_size is "
-                        f"{model_config.vocab_size}; set model.overrides.vocab_size={vocab}")
     optimizer = build_optimizer(model, optim_cfg)
     data = ShardStream(config.data.dir, "train", layout.dp_rank, layout.data, sched.micro_batch, config.data.seed,
                        model_config.seq_length)

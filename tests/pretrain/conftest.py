@@ -28,6 +28,8 @@ def tiny_overrides(shards, ckpt, **extra):
             "model.overrides": {"seq_length": SEQ, "vocab_size": VOCAB, "window_size": 16, "num_persistent_tokens": 2,
                                 "hidden_size": 64, "ffn_hidden_size": 128, "num_attention_heads": 2,
                                 "memory_chunk_size": 8}}
+    extra = dict(extra)
+    base["model.overrides"].update(extra.pop("model.overrides", {}))  # merged, as a config's base is
     base.update(extra)
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
 

@@ -110,7 +110,7 @@ def test_bad_data_configurations(train_shards, tmp_path):
     proc = run_train(tiny_overrides(train_shards, tmp_path / "a", **{"model.overrides": {"seq_length": 64, "vocab_size": 600}}), check=False)
     assert proc.returncode == 2 and "shards hold windows of seq_len 32, but the model's seq_length is 64" in proc.stderr
     proc = run_train(tiny_overrides(tmp_path / "nowhere", tmp_path / "b"), check=False)
-    assert proc.returncode == 2 and "no manifest.json" in proc.stderr
+    assert proc.returncode == 2 and "nowhere: no such directory" in proc.stderr
     proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}), check=False)
     assert proc.returncode == 2 and "schedule.global_batch (5) must be a multiple of schedule.micro_batch (2)" in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "latest")

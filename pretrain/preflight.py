@@ -1,0 +1,90 @@
+"""Checks a run's inputs before any GPU time is spent: what ``train.py --check`` (and so the SLURM
+launcher, before ``srun``) and the start of every training run do.
+
+Nothing heavy: no model is built and no process group joined. Each failure names the key, file or
+folder and what was expected.
+"""
+
+import json
+import os
+import uuid
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import ConfigError, TrainConfig
+from pretrain.data import DataError, ShardStream
+from data_prep.reader import manifest_of
+
+
+def model_config_of(config: TrainConfig, perform_initialization: bool = True):
+    """The TitansConfig of a training config (its own checks raise ValueError naming the field)."""
+    from titans_megatron import TitansConfig
+
+    parallel = dict(tensor_model_parallel_size=config.parallel.tensor, sequence_parallel=config.parallel.sequence)
+    return TitansConfig.from_preset(config.model.preset, variant=config.model.variant,
+                                    perform_initialization=perform_initialization,
+                                    **{**parallel, **config.model.overrides})
+
+
+def _writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write_probe_{uuid.uuid4().hex}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"checkpoint.dir {directory}: not writable ({e.strerror})") from e
+
+
+def check(config: TrainConfig, world: int) -> list:
+    """Raise ConfigError / DataError / CheckpointError for the first problem; return summary lines."""
+    for key in ("data.dir", "checkpoint.dir"):
+        section, name = key.split(".")
+        if not getattr(getattr(config, section), name):
+            raise ConfigError(f"{key} is not set")
+    sched, tensor = config.schedule, config.parallel.tensor
+    if tensor < 1 or world % tensor:
+        raise ConfigError(f"parallel.tensor ({tensor}) must divide the number of processes ({world})")
+    data_parallel = world // tensor
+    if sched.global_batch % (sched.micro_batch * data_parallel):
+        raise ConfigError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
+                          f"({sched.micro_batch}) x data-parallel size ({data_parallel})")
+    model = model_config_of(config, perform_initialization=False)
+    steps = sched.steps(model.seq_length)
+
+    data_dir = config.data.dir
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data.dir {data_dir}: no such directory (make the shards with data_prep/tokenize.py)")
+    manifest = manifest_of(data_dir)
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if vocab != model.vocab_size:
+        raise DataError(f"{data_dir}: the tokenizer has {vocab} tokens, the model's vocab_size is {model.vocab_size}; "
+                        f"set model.overrides.vocab_size={vocab} or use shards made with the model's tokenizer")
+    train = ShardStream(data_dir, "train", 0, data_parallel, sched.micro_batch, config.data.seed, model.seq_length)
+    if config.eval.interval:
+        ShardStream(data_dir, "val", 0, 1, sched.micro_batch, config.data.seed, model.seq_length)
+
+    _writable(config.checkpoint.dir)
+    latest = ckpt.latest_dir(config.checkpoint.dir)
+    resume = "a fresh run"
+    if latest:
+        with open(os.path.join(latest, "train_state.json")) as f:
+            saved = json.load(f)
+        diff = ckpt.model_differences(saved["config"]["model"], config.as_dict()["model"])
+        if diff:
+            raise ckpt.CheckpointError(f"{latest} holds a different model; refusing to resume from it:\n  "
+                                       + "\n  ".join(diff))
+        if saved["layout"]["data"] != data_parallel:
+            raise ckpt.CheckpointError(f"{latest} was saved at data-parallel size {saved['layout']['data']}, this run "
+                                       f"has {data_parallel}: the sample order depends on it (keep world / "
+                                       "parallel.tensor the same, or start a new checkpoint.dir)")
+        resume = f"resuming from {latest} at step {saved['step']}"
+
+    tokens = sched.global_batch * model.seq_length
+    samples = sum(s["samples"] for s in train.shards)
+    return [f"model {config.model.preset} {config.model.variant}: {steps:,} steps x {tokens:,} tokens = "
+            f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x data {data_parallel}",
+            f"data {data_dir}: {len(train.shards)} train shards, {samples:,} windows of {model.seq_length} tokens "
+            f"({samples * model.seq_length / 1e9:.2f}B tokens, {steps * tokens / max(1, samples * model.seq_length):.2f} "
+            "epochs)",
+            f"checkpoints {config.checkpoint.dir}: {resume}"]
