@@ -91,6 +91,18 @@ def save(root: str, step: int, model, optimizer, data_states: list, config: dict
     return final
 
 
+STOP_MARKER = "stopped.json"
+
+
+def write_stop_marker(root: str, step: int, why: str) -> None:
+    """``ROOT/stopped.json`` after a stop that saved: the SLURM launcher requeues on it (a process's exit
+    status can be lost when srun kills the others)."""
+    tmp = os.path.join(root, STOP_MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "reason": why}, f)
+    os.replace(tmp, os.path.join(root, STOP_MARKER))
+
+
 def model_differences(saved: dict, current: dict) -> list:
     diff = []
     for key in sorted(set(saved) | set(current)):

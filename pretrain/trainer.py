@@ -193,11 +193,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
         scheduled = config.run.stop_at_step == step and step < train_steps
         if dist_.any_rank(stop.signal is not None or timed_out or scheduled, layout):
-            save()
-            if writer is not None:
-                writer.close()
             why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None
                    else "run.max_minutes" if timed_out else "run.stop_at_step" if scheduled else "another rank")
+            if writer is not None:
+                writer.close()
+            save()
+            if layout.is_main and config.checkpoint.dir:
+                ckpt.write_stop_marker(config.checkpoint.dir, step, why)
             say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
             return EXIT_REQUEUE
         if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < train_steps:

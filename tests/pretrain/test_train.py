@@ -56,6 +56,7 @@ def test_signal_saves_and_asks_for_requeue(train_shards, tmp_path):
     assert proc.returncode == trainer.EXIT_REQUEUE
     step = int((ckpt / "latest").read_text().split("_")[1])
     assert 0 < step < 400 and f"stopping at step {step} (signal SIGUSR1)" in out
+    assert json.loads((ckpt / "stopped.json").read_text()) == {"step": step, "reason": "signal SIGUSR1"}
 
 
 def _config(train_shards, ckpt, **extra):
