@@ -1,0 +1,88 @@
+"""``sbatch slurm/titans_tiny.sh`` on a real one-node SLURM cluster: 2 tasks over gloo (data parallel),
+a checkpoint and logs; a job signalled mid-run saves, requeues itself and resumes to the same losses
+as an uninterrupted one; bad inputs stop the job before any task starts."""
+
+import json
+import re
+import subprocess
+import time
+
+from tests.pretrain.conftest import ROOT, losses, tiny_overrides
+
+STEPS = {"schedule.train_steps": 24, "checkpoint.interval": 8, "eval.interval": 0, "log.interval": 4}
+
+
+def submit(env, workdir, run, shards, extra=(), **variables):
+    workdir.mkdir(parents=True, exist_ok=True)
+    overrides = [o for o in tiny_overrides(shards, "unused", **STEPS)
+                 if not o.startswith(("data.dir=", "checkpoint.dir="))]
+    env = {**env, "DATA_DIR": str(shards), "CKPT_ROOT": str(workdir / "checkpoints"), "RUN_NAME": run,
+           "PYTHON": __import__("sys").executable, **variables}
+    proc = subprocess.run(["sbatch", "--parsable", str(ROOT / "slurm" / "titans_tiny.sh"), "mag", *overrides, *extra],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    return job, workdir / f"titans-tiny-{job}.out", workdir / "checkpoints" / run
+
+
+def job_state(env, job):
+    proc = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True, timeout=30)
+    fields = dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+    return fields.get("JobState"), int(fields.get("Restarts", 0)), fields.get("ExitCode")
+
+
+def wait_for(env, job, log, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state, restarts, code = job_state(env, job)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state, restarts, code
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=env, timeout=30)
+    raise AssertionError(f"job {job} still {state} after {timeout}s; log:\n{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+def test_tiny_job_trains_and_checkpoints(slurm_cluster, train_shards, tmp_path):
+    job, log, ckpt = submit(slurm_cluster, tmp_path, "whole", train_shards)
+    state, restarts, code = wait_for(slurm_cluster, job, log)
+    text = log.read_text()
+    assert (state, restarts, code) == ("COMPLETED", 0, "0:0"), text[-3000:]
+    assert "launch.sh: job" in text and "2 task(s): tiny mag" in text and "tensor 1 x data 2" in text
+    assert "launch.sh: training finished" in text
+    assert (ckpt / "latest").read_text() == "iter_0000024"
+    assert sorted(p.name for p in (ckpt / "iter_0000024").iterdir()) == [
+        "model_tp0.pt", "optimizer_tp0.pt", "rng_00000.pt", "rng_00001.pt", "train_state.json"]
+    assert json.loads((ckpt / "iter_0000024" / "train_state.json").read_text())["layout"]["data"] == 2
+    assert sorted(losses(ckpt)) == list(range(1, 25))
+    assert list((ckpt / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_signalled_job_requeues_and_resumes_exactly(slurm_cluster, train_shards, tmp_path):
+    whole_job, whole_log, whole = submit(slurm_cluster, tmp_path / "a", "whole", train_shards)
+    assert wait_for(slurm_cluster, whole_job, whole_log)[0] == "COMPLETED", whole_log.read_text()[-3000:]
+
+    job, log, ckpt = submit(slurm_cluster, tmp_path / "b", "split", train_shards,
+                            extra=["schedule.train_steps=24"])
+    metrics = ckpt / "tensorboard" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    assert metrics.exists(), log.read_text()[-3000:] if log.exists() else "no log"
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm_cluster, check=True, timeout=30)
+    state, restarts, code = wait_for(slurm_cluster, job, log)
+    text = log.read_text()
+    assert (state, restarts) == ("COMPLETED", 1), text[-4000:]
+    stop = re.search(r"stopping at step (\d+) \(signal SIGUSR1\)", text)
+    assert stop and 0 < int(stop.group(1)) < 24, text[-4000:]
+    assert "requeueing job" in text and "attempt 2" in text
+    assert f"resumed from {ckpt / f'iter_{int(stop.group(1)):07d}'}" in text
+    assert losses(ckpt) == losses(whole)  # bit for bit
+
+
+def test_bad_inputs_stop_the_job_before_any_task(slurm_cluster, train_shards, tmp_path):
+    job, log, ckpt = submit(slurm_cluster, tmp_path, "bad", train_shards, DATA_DIR=str(tmp_path / "missing"))
+    state, restarts, code = wait_for(slurm_cluster, job, log)
+    text = log.read_text()
+    assert (state, restarts, code) == ("FAILED", 0, "2:0"), text[-3000:]
+    assert f"data.dir {tmp_path / 'missing'}: no such directory" in text and "nothing was started" in text
+    assert not (ckpt / "latest").exists()
