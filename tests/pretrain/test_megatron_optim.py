@@ -1,0 +1,68 @@
+"""Megatron-core DDP + optimizer (plain and distributed) on CPU over gloo equal one process with torch
+AdamW, and their AdamW state survives param_moments / load_param_moments."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.pretrain.conftest import ROOT
+
+OPTIM = dict(lr=1e-3, min_lr=1e-4, weight_decay=0.1)
+
+
+def tiny_config(tensor=1):
+    from titans_megatron import TitansConfig
+
+    return TitansConfig.from_preset("tiny", variant="mag", seq_length=32, vocab_size=300, window_size=16,
+                                    num_persistent_tokens=2, hidden_size=64, ffn_hidden_size=128,
+                                    num_attention_heads=2, memory_chunk_size=8, tensor_model_parallel_size=tensor)
+
+
+def batch(step):
+    return torch.randint(0, 300, (4, 33), generator=torch.Generator().manual_seed(100 + step))
+
+
+def loss_of(model, tokens):
+    return F.cross_entropy(model(tokens[:, :-1]).float().flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def reference_losses():
+    """One process, torch AdamW, Megatron's decay rule (none on 1-D parameters and biases)."""
+    from pretrain.config import OptimSection
+    from titans_megatron import build_model
+
+    optim = OptimSection(**OPTIM)
+    model = build_model(tiny_config(), seed=3)
+    flat = [p for n, p in model.named_parameters() if p.dim() == 1 or n.endswith(".bias")]
+    rest = [p for p in model.parameters() if all(p is not q for q in flat)]
+    adam = torch.optim.AdamW([{"params": rest}, {"params": flat, "weight_decay": 0.0}], lr=optim.lr,
+                             betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    losses = []
+    for step in range(4):
+        adam.zero_grad()
+        loss = loss_of(model, batch(step))
+        loss.backward()
+        adam.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_losses()
+
+
+@pytest.mark.parametrize("tensor, distributed", [(1, True), (2, True), (1, False)])
+def test_megatron_ddp_and_optimizer_match_one_process(reference, tmp_path, tensor, distributed):
+    out = tmp_path / "losses.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "pretrain" / "megatron_worker.py"), str(out), str(tensor), "1" if distributed else "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(out.read_text())
+    assert losses == pytest.approx(reference, rel=1e-5, abs=1e-5)
