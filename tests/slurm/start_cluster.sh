@@ -42,13 +42,24 @@ TIMEOUT=${SLURM_START_TIMEOUT:-60}
 export SLURM_CONF="$CONF"
 
 for b in munged munge slurmctld slurmd sinfo scontrol; do
-    command -v "$b" >/dev/null || { echo "ERROR: $b not found (apt-get install -y slurmctld slurmd slurm-client munge)" >&2; exit 1; }
+    command -v "$b" >/dev/null || { echo "ERROR: $b not found (apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge)" >&2; exit 1; }
 done
 
 pid_alive() {  # pid_alive PIDFILE -> 0 if the process in PIDFILE runs
     local pid
     pid=$(cat "$1" 2>/dev/null) && [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
     [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]   # not a zombie
+}
+
+# find_cmd CMD -> pids whose command line (args joined by spaces) is CMD or
+# starts with "CMD " (plain string match, no regex, no fork per process)
+find_cmd() {
+    local f a
+    for f in /proc/[0-9]*/cmdline; do
+        { mapfile -d '' -t a < "$f"; } 2>/dev/null || continue
+        [[ "${a[*]:-}" == "$1" || "${a[*]:-}" == "$1 "* ]] && { f=${f#/proc/}; echo "${f%%/*}"; }
+    done
+    return 0
 }
 
 # a port is taken if any socket other than a TIME-WAIT leftover uses it
@@ -223,18 +234,23 @@ echo "export SLURM_CONF=$CONF" > "$DIR/env.sh"
 
 # ---------------------------------------------------------------- daemons
 # wait_daemon PIDFILE NAME PORT LOGOFFSET: 0 = running and listening on PORT,
-# 1 = died because the port was taken, 2 = other failure
+# 1 = died because the port was taken, 2 = other failure.
+# NB: while a daemon forks into the background its pid file can briefly name
+# an already-exited intermediate process, so "pid in pid file is dead" alone
+# is NOT a failure; we look for our process by its command line instead.
 wait_daemon() {
-    local t0=$SECONDS log="$DIR/log/$2.log"
-    while (( SECONDS - t0 < 20 )); do
-        # listening, and the listener is our daemon (not someone else on that port)
-        if pid_alive "$1" && ss -Htlnp "( sport = :$3 )" 2>/dev/null | grep -q "pid=$(cat "$1"),"; then
+    local t0=$SECONDS log="$DIR/log/$2.log" new gone=0 pid
+    while (( SECONDS - t0 < 30 )); do
+        pid=$(cat "$1" 2>/dev/null || true)
+        if [[ -n "$pid" ]] && pid_alive "$1" \
+           && ss -Htlnp "( sport = :$3 )" 2>/dev/null | grep -q "pid=$pid,"; then
             return 0
         fi
-        if ! pid_alive "$1" && [[ -s "$1" || $(( SECONDS - t0 )) -ge 3 ]]; then
-            tail -c +"$(( $4 + 1 ))" "$log" 2>/dev/null | grep -q "Address already in use" && return 1
-            return 2
-        fi
+        new=$(tail -c +"$(( $4 + 1 ))" "$log" 2>/dev/null || true)
+        grep -q "Address already in use" <<<"$new" && return 1
+        grep -q "fatal" <<<"$new" && return 2
+        if [[ -n "$(find_cmd "$2 -f $CONF")" ]]; then gone=0; else gone=$(( gone + 1 )); fi
+        (( gone > 20 )) && return 2          # no such process for 2 s
         sleep 0.1
     done
     return 2
@@ -247,21 +263,27 @@ for attempt in 1 2 3 4 5; do
     rm -f "$DIR/run/slurmctld.pid" "$DIR/run/slurmd.pid"
     ctld_off=$(stat -c %s "$DIR/log/slurmctld.log" 2>/dev/null || echo 0)
     slurmd_off=$(stat -c %s "$DIR/log/slurmd.log" 2>/dev/null || echo 0)
+    rc=0
     if [[ "${SLURM_CLEAR_STATE:-0}" == 1 ]]; then
-        slurmctld -f "$CONF" -c
+        slurmctld -f "$CONF" -c || rc=2
     else
-        slurmctld -f "$CONF"
+        slurmctld -f "$CONF" || rc=2
     fi
-    rc=0; wait_daemon "$DIR/run/slurmctld.pid" slurmctld "$CTLD_PORT" "$ctld_off" || rc=$?
     if (( rc == 0 )); then
-        slurmd -f "$CONF" -N "$NODE"
+        wait_daemon "$DIR/run/slurmctld.pid" slurmctld "$CTLD_PORT" "$ctld_off" || rc=$?
+    fi
+    if (( rc == 0 )); then
+        slurmd -f "$CONF" -N "$NODE" || rc=2
+    fi
+    if (( rc == 0 )); then
         wait_daemon "$DIR/run/slurmd.pid" slurmd "$D_PORT" "$slurmd_off" || rc=$?
     fi
     (( rc == 0 )) && break
     if (( rc == 1 )) && [[ -z "${SLURMCTLD_PORT:-}${SLURMD_PORT:-}" ]]; then
         echo "port $CTLD_PORT or $D_PORT taken, retrying with other ports" >&2
-        kill "$(cat "$DIR/run/slurmctld.pid" 2>/dev/null)" 2>/dev/null || true
-        kill "$(cat "$DIR/run/slurmd.pid" 2>/dev/null)" 2>/dev/null || true
+        for pid in $(find_cmd "slurmctld -f $CONF") $(find_cmd "slurmd -f $CONF"); do
+            kill "$pid" 2>/dev/null || true
+        done
         sleep 1
         CTLD_PORT=$(free_port); D_PORT=$(free_port "$CTLD_PORT")
         continue

@@ -24,6 +24,17 @@ alive() {
     [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
 }
 
+# find_cmd CMD -> pids whose command line (args joined by spaces) is CMD or
+# starts with "CMD " (plain string match, no regex, no fork per process)
+find_cmd() {
+    local f a
+    for f in /proc/[0-9]*/cmdline; do
+        { mapfile -d '' -t a < "$f"; } 2>/dev/null || continue
+        [[ "${a[*]:-}" == "$1" || "${a[*]:-}" == "$1 "* ]] && { f=${f#/proc/}; echo "${f%%/*}"; }
+    done
+    return 0
+}
+
 # stop_pid PID NAME: SIGTERM, wait up to 10 s, then SIGKILL
 stop_pid() {
     local pid=$1 i
@@ -58,8 +69,11 @@ stepd_pids() {
     done | sort -u
 }
 
+# pid files, or (if a start was interrupted) the daemon found by its command line
 ctld_pid=$(pid_of "$DIR/run/slurmctld.pid")
+alive "$ctld_pid" || ctld_pid=$(find_cmd "slurmctld -f $CONF" | head -1)
 slurmd_pid=$(pid_of "$DIR/run/slurmd.pid")
+alive "$slurmd_pid" || slurmd_pid=$(find_cmd "slurmd -f $CONF" | head -1)
 
 # 1. cancel all jobs while the controller still answers, wait until gone
 if alive "$ctld_pid" && [[ -f "$CONF" ]]; then
@@ -87,10 +101,11 @@ done
 
 # 4. munged
 mpid=$(pid_of "$MDIR/munged.pid")
+alive "$mpid" || mpid=$(find_cmd "munged --socket=$RT/munge.socket" | head -1)
 if alive "$mpid"; then
     munged --stop --socket="$RT/munge.socket" >/dev/null 2>&1 || stop_pid "$mpid" munged
 fi
-stop_pid "$(pid_of "$MDIR/munged.pid")" munged
+stop_pid "$mpid" munged
 
 rm -f "$DIR/run/slurmctld.pid" "$DIR/run/slurmd.pid" "$MDIR/munged.pid"
 rm -rf "$RT"      # munge socket + SlurmdSpoolDir
