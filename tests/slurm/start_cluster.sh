@@ -51,16 +51,7 @@ pid_alive() {  # pid_alive PIDFILE -> 0 if the process in PIDFILE runs
     [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]   # not a zombie
 }
 
-# find_cmd CMD -> pids whose command line (args joined by spaces) is CMD or
-# starts with "CMD " (plain string match, no regex, no fork per process)
-find_cmd() {
-    local f a
-    for f in /proc/[0-9]*/cmdline; do
-        { mapfile -d '' -t a < "$f"; } 2>/dev/null || continue
-        [[ "${a[*]:-}" == "$1" || "${a[*]:-}" == "$1 "* ]] && { f=${f#/proc/}; echo "${f%%/*}"; }
-    done
-    return 0
-}
+source "$(dirname "$(readlink -f "$0")")/find_cmd.sh"
 
 # a port is taken if any socket other than a TIME-WAIT leftover uses it
 # (slurmctld/slurmd set SO_REUSEADDR, so TIME-WAIT does not block a restart)

@@ -24,16 +24,7 @@ alive() {
     [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
 }
 
-# find_cmd CMD -> pids whose command line (args joined by spaces) is CMD or
-# starts with "CMD " (plain string match, no regex, no fork per process)
-find_cmd() {
-    local f a
-    for f in /proc/[0-9]*/cmdline; do
-        { mapfile -d '' -t a < "$f"; } 2>/dev/null || continue
-        [[ "${a[*]:-}" == "$1" || "${a[*]:-}" == "$1 "* ]] && { f=${f#/proc/}; echo "${f%%/*}"; }
-    done
-    return 0
-}
+source "$(dirname "$(readlink -f "$0")")/find_cmd.sh"
 
 # stop_pid PID NAME: SIGTERM, wait up to 10 s, then SIGKILL
 stop_pid() {
