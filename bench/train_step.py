@@ -163,6 +163,13 @@ def main():
     device = torch.device(cfg["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
+    from pretrain.config import ConfigError
+    from pretrain.trainer import check_training_precision
+
+    try:
+        check_training_precision(cfg["precision"], device)
+    except ConfigError as e:
+        raise SystemExit(f"{args.config}: {e}") from None
     dtype = torch.bfloat16 if cfg["precision"] == "bf16" else torch.float32
     measured = matmul_peak(cfg["matmul_peak_size"], device, dtype)
     rows = run(cfg, device)

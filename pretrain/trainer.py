@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_
-from pretrain.config import TrainConfig
+from pretrain.config import ConfigError, TrainConfig
 from pretrain import preflight
 from pretrain.data import ShardStream
 from pretrain import optim as optim_
@@ -62,6 +62,14 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def check_training_precision(precision: str, device: torch.device) -> None:
+    """bf16 training needs CUDA: Megatron-core's linears replay the forward's autocast in their backward
+    (custom_bwd) for CUDA only, so on CPU their backward would meet bf16 gradients with fp32 weights."""
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f"run.precision bf16 trains on CUDA only (this process has device {device.type}); "
+                          "use fp32 or auto (fp32 on CPU)")
+
+
 def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
     """Mean next-token cross-entropy over the unmasked targets of a batch (on the model's device)."""
     device = next(model.parameters()).device
@@ -97,6 +105,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     say = log if layout.is_main else (lambda line: None)
     for line in preflight.check(config, layout.world):
         say(line)
+    check_training_precision(config.run.precision, layout.device)
     model_config, model = build(config)
     train_steps = sched.steps(model_config.seq_length)
     model.to(layout.device)

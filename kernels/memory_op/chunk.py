@@ -96,7 +96,7 @@ def _run_chunks(WS, Q, K, V, coefs, chunk_size, first, stop, out_rows=None, keep
     return WS, kept
 
 
-def _without_autocast(fn):
+def without_autocast(fn):
     """The op computes in its own ``compute_dtype``: under an autocast region its matmuls would
     otherwise return bf16 and meet the fp32 state in the in-place updates."""
 
@@ -113,7 +113,7 @@ class ChunkedNeuralMemory(torch.autograd.Function):
     """Inputs after the two ints: q, k, v, lr, momentum, forget, *weights, *momenta (possibly none)."""
 
     @staticmethod
-    @_without_autocast
+    @without_autocast
     def forward(ctx, chunk_size, num_layers, compute_dtype, *tensors):
         q, k, v, lr, momentum, forget = tensors[:6]
         weights = tensors[6 : 6 + num_layers]
@@ -145,7 +145,7 @@ class ChunkedNeuralMemory(torch.autograd.Function):
         return (_from_rows(out_rows, B, H, q.dtype), *weights_T, *momenta_T)
 
     @staticmethod
-    @_without_autocast
+    @without_autocast
     def backward(ctx, dout, *dstate):
         chunk_size, L, cdt, group, num_inputs = ctx.config
         saved = ctx.saved_tensors

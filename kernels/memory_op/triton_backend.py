@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from kernels.memory_op.chunk import _gate_chunks, neural_memory_chunked
+from kernels.memory_op.chunk import _gate_chunks, neural_memory_chunked, without_autocast
 from kernels.memory_op.gates import chunk_coefficients
 
 CHUNK_SIZES = (16, 32, 64)
@@ -139,6 +139,7 @@ class TritonNeuralMemory(torch.autograd.Function):
     """Inputs after the int: q, k, v, lr, momentum, forget, *weights, *momenta (possibly none)."""
 
     @staticmethod
+    @without_autocast  # the coefficients are built by torch matmuls, which autocast would make bf16
     def forward(ctx, chunk_size, num_layers, *tensors):
         from kernels.memory_op.triton_kernels import memory_forward_kernel
 
@@ -167,6 +168,7 @@ class TritonNeuralMemory(torch.autograd.Function):
         return (out, *weights_T, *momenta_T)
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dout, *dstate):
         from kernels.memory_op.triton_kernels import memory_backward_kernel
 

@@ -185,3 +185,17 @@ def test_real_sizes_on_gpu(depth, T, d, dtype):
     assert _rel(o, o_ref) < tol["output"]
     assert max(_rel(a, b) for a, b in zip(s, s_ref)) < tol["state"]
     assert max(_rel(a, b) for a, b in zip(g, g_ref)) < tol["gradients"]
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_autocast_region_leaves_the_kernels_in_their_precision(depth):
+    """A bf16 autocast region (every bf16 training step) changes nothing: the gate coefficients the
+    kernels read stay fp32, and the backward's recomputation of them sees the same values."""
+    results = {}
+    for autocast in (False, True):
+        inputs = _cast(make_inputs(2, 37, 2, 16, depth, carried=True, seed=21, requires_grad=True), torch.bfloat16)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            results[autocast] = run_with_loss(inputs, "triton", 16)
+    for a, b in zip(results[False][1] + results[False][2], results[True][1] + results[True][2]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=0)

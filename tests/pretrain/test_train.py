@@ -115,3 +115,9 @@ def test_bad_data_configurations(train_shards, tmp_path):
     proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}), check=False)
     assert proc.returncode == 2 and "schedule.global_batch (5) must be a multiple of schedule.micro_batch (2)" in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "latest")
+
+
+def test_bf16_training_on_cpu_is_refused(train_shards, tmp_path):
+    proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"run.precision": "bf16"}), check=False)
+    assert proc.returncode == 2 and "run.precision bf16 trains on CUDA only" in proc.stderr, proc.stderr[-500:]
+    assert not os.path.exists(tmp_path / "c" / "latest")
