@@ -3,8 +3,9 @@ command line (``section.key=value``, the value parsed as JSON, else taken as a s
 name a ``base`` file (relative to itself) whose sections it overrides key by key; the scaling configs
 are ``configs/<size>_<variant>.json`` over ``configs/scaling/<size>.json`` over ``scaling/common.json``.
 
-Every key is checked before any work: an unknown section or key, or a value of the wrong type, is a
-``ConfigError`` naming it and what was expected.
+Every key is checked before any work: an unknown section or key, a value of the wrong type or out of
+its field's range (``at_least`` / ``above`` / ``rule`` below), is a ``ConfigError`` naming it and what
+was expected.
 """
 
 import dataclasses
@@ -17,6 +18,20 @@ from typing import List, Optional
 
 class ConfigError(Exception):
     pass
+
+
+def at_least(low, default):
+    """A field whose values must be >= ``low`` (None passes where the field is Optional)."""
+    return field(default=default, metadata={"rule": (lambda v: v >= low, f"a number >= {low}")})
+
+
+def above(low, default):
+    return field(default=default, metadata={"rule": (lambda v: v > low, f"a number > {low}")})
+
+
+def rule(check, expected: str, default_factory):
+    """A field checked by ``check(value)``; ``expected`` says what passes, for the error."""
+    return field(default_factory=default_factory, metadata={"rule": (check, expected)})
 
 
 @dataclass
@@ -37,15 +52,17 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    lr: float = at_least(0, 3e-4)
+    min_lr: float = at_least(0, 3e-5)
+    betas: List[float] = rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)",
+                              lambda: [0.9, 0.95])
+    eps: float = above(0, 1e-8)
+    weight_decay: float = at_least(0, 0.1)
     no_decay: List[str] = field(default_factory=lambda: ["norm", "bias", "gate", "memory_init"])
     """Parameters whose name contains one of these take no weight decay ([] decays everything)."""
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
+    warmup_steps: int = at_least(0, 100)
+    grad_clip: float = at_least(0, 1.0)
+    """Clip the global gradient norm to this (0: no clipping)."""
     implementation: str = "auto"
     """megatron (Megatron-core DDP and optimizer), torch (torch AdamW, gradients averaged in one
     all-reduce), or auto: megatron on CUDA, torch on the CPU. Both write the same checkpoints."""
@@ -53,20 +70,20 @@ class OptimSection:
     """megatron: shard the AdamW state over data-parallel ranks (ZeRO-1)."""
     overlap_grad_reduce: bool = True
     """megatron: reduce gradient buckets during the last micro-batch's backward."""
-    bucket_size: Optional[int] = None
+    bucket_size: Optional[int] = at_least(1, None)
     """megatron: elements per gradient bucket (None: Megatron's default)."""
 
 
 @dataclass
 class ScheduleSection:
-    train_steps: Optional[int] = 1000
+    train_steps: Optional[int] = at_least(1, 1000)
     """Optimizer steps; or set train_tokens instead (whichever is set later in the config, its base
     files and the overrides wins, and clears the other)."""
-    train_tokens: Optional[int] = None
+    train_tokens: Optional[int] = at_least(1, None)
     """A token budget (the paper's 15B / 30B / 100B): steps = ceil(tokens / (global_batch x seq_length))."""
-    global_batch: int = 8
+    global_batch: int = at_least(1, 8)
     """Sequences per optimizer step, over all data-parallel ranks (gradient accumulation fills it)."""
-    micro_batch: int = 8
+    micro_batch: int = at_least(1, 8)
 
 
     def steps(self, seq_length: int) -> int:
@@ -80,30 +97,32 @@ class ScheduleSection:
 @dataclass
 class CheckpointSection:
     dir: str = ""
-    interval: int = 100
-    keep: int = 3
-    """The newest this many checkpoints are kept."""
+    interval: int = at_least(0, 100)
+    """Save every this many steps (0: only at the end and on a stop)."""
+    keep: int = at_least(0, 3)
+    """The newest this many checkpoints are kept (0: all)."""
 
 
 @dataclass
 class LogSection:
     dir: str = ""
     """TensorBoard event files and metrics.jsonl (default: <checkpoint dir>/tensorboard)."""
-    interval: int = 10
-    peak_tflops: Optional[float] = None
+    interval: int = at_least(1, 10)
+    peak_tflops: Optional[float] = above(0, None)
     """One device's peak (bf16 dense) TFLOP/s; MFU (model FLOPs per token, titans_megatron/flops.py, x
     tokens/s over devices x peak) is logged when set."""
 
 
 @dataclass
 class EvalSection:
-    interval: int = 100
-    batches: int = 4
+    interval: int = at_least(0, 100)
+    """Validation loss every this many steps (0: never)."""
+    batches: int = at_least(1, 4)
 
 
 @dataclass
 class ParallelSection:
-    tensor: int = 1
+    tensor: int = at_least(1, 1)
     """Tensor-parallel size; data-parallel size = processes / tensor."""
     sequence: bool = False
     """Megatron sequence parallelism (needs tensor > 1)."""
@@ -113,11 +132,11 @@ class ParallelSection:
 class RunSection:
     seed: int = 0
     """Weight initialisation seed."""
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = above(0, None)
     """Save and stop after this long (for time-limited jobs)."""
-    max_bad_steps: int = 5
+    max_bad_steps: int = at_least(1, 5)
     """Consecutive non-finite steps (skipped) before the run aborts."""
-    stop_at_step: Optional[int] = None
+    stop_at_step: Optional[int] = at_least(1, None)
     """Save and exit with the requeue status after this step, as a preemption would (demo, tests)."""
     precision: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast), or fp32. Weights, gradients and
@@ -156,6 +175,9 @@ def _check_type(where: str, value, annotation):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+    if expected is list and typing.get_args(annotation):
+        (item,) = typing.get_args(annotation)
+        return [_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
     return value
 
 
@@ -172,6 +194,9 @@ def _set(config, section: str, key: str, value, source: str):
     if key not in hints:
         raise ConfigError(f"{source}: unknown key {section}.{key}; {section} has {sorted(hints)}")
     value = _check_type(f"{source}: {section}.{key}", value, hints[key])
+    check, expected = {f.name: f for f in dataclasses.fields(obj)}[key].metadata.get("rule", (None, None))
+    if check is not None and value is not None and not check(value):
+        raise ConfigError(f"{source}: {section}.{key} must be {expected}, got {value!r}")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{source}: {section}.{key} must be one of {list(choices)}, got {value!r}")

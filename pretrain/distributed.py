@@ -110,8 +110,8 @@ def gradient_norm(model: torch.nn.Module, layout: Layout) -> float:
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float, norm: float) -> None:
-    """Scale the gradients to ``max_norm`` when their norm (``gradient_norm``) exceeds it."""
-    if norm > max_norm and math.isfinite(norm):
+    """Scale the gradients to ``max_norm`` when their norm (``gradient_norm``) exceeds it (0: never)."""
+    if 0 < max_norm < norm and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
         for p in model.parameters():
             if p.grad is not None:

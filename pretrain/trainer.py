@@ -100,6 +100,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     or the time limit (saved), and raises TrainingAborted after too many non-finite steps. Every rank
     runs it; rank 0 logs and writes the shared files."""
     started = time.time()
+    stop = _StopFlag()  # from the start: a preemption while the model builds or a checkpoint loads counts too
     sched, optim_cfg = config.schedule, config.optim
     layout = dist_.init_distributed(config.parallel.tensor)
     say = log if layout.is_main else (lambda line: None)
@@ -128,7 +129,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
 
         writer = SummaryWriter(log_dir)
     metrics_path = os.path.join(log_dir, "metrics.jsonl")
-    stop = _StopFlag()
     accumulation = sched.global_batch // (sched.micro_batch * layout.data)
     tokens_per_step = sched.global_batch * model_config.seq_length
     flops_per_token = training_flops_per_token(model_config, matmul_parameters(model))
@@ -136,43 +136,39 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         f"of {sched.micro_batch} per step and rank; {train_steps} steps of {tokens_per_step:,} tokens; "
         f"{optim_.implementation(optim_cfg, layout.device)} optimizer")
 
+    saved_step = step  # the resumed checkpoint's step, or 0: nothing trained yet is not saved again
+
     def save():
-        if config.checkpoint.dir:
+        nonlocal saved_step
+        if config.checkpoint.dir and step != saved_step:
             by_dp = dict(dist_.gather_objects((layout.dp_rank, data.state_dict()), layout))
             data_states = [by_dp[r] for r in range(layout.data)]
             path = ckpt.save(config.checkpoint.dir, step, model, opt.checkpoint_state, data_states, config_dict, layout,
                              config.checkpoint.keep)
+            saved_step = step
             say(f"saved {path}")
 
-    batches = iter(data)
-    bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
-    model.train()
-    while step < train_steps:
-        lr = optim_.learning_rate(step, optim_cfg, train_steps)
-        opt.set_lr(lr)
-        opt.zero_grad()
-        loss_sum = 0.0
-        for micro in range(accumulation):
-            with opt.micro_batch(last=micro == accumulation - 1):
-                loss = language_model_loss(opt.model, next(batches), config.run.precision)
-                (loss / accumulation).backward()
-            loss_sum += loss.item() / accumulation
-        grad_norm = opt.reduce_gradients()
-        loss_sum = dist_.mean_over_data_parallel(loss_sum, layout)
-        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-            say(f"step {step}: non-finite loss {loss_sum} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
-            if bad_in_a_row >= config.run.max_bad_steps:
-                raise TrainingAborted(f"{bad_in_a_row} non-finite steps in a row (run.max_bad_steps); the last good "
-                                      f"checkpoint is intact in {config.checkpoint.dir or '(none configured)'}")
-            step += 1  # the step's batches are consumed either way, so a resume sees the same data
-            continue
-        bad_in_a_row = 0
-        opt.step(grad_norm)
-        step += 1
-        window_tokens += tokens_per_step
+    def requeue(why: str) -> int:
+        if writer is not None:
+            writer.close()
+        save()
+        if layout.is_main and config.checkpoint.dir:
+            ckpt.write_stop_marker(config.checkpoint.dir, step, why)
+        say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
+        return EXIT_REQUEUE
 
-        record = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
+    def signal_name() -> str:
+        return f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None else "another rank"
+
+    if dist_.any_rank(stop.signal is not None, layout):  # stopped while starting: no step to finish
+        return requeue(signal_name())
+
+    bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
+
+    def log_step(step, loss, lr, grad_norm):
+        """Console line every log.interval steps; metrics.jsonl and TensorBoard every step; validation."""
+        nonlocal window_start, window_tokens
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
         if step % config.log.interval == 0 or step == train_steps:
             elapsed = time.time() - window_start
             tps = window_tokens / max(elapsed, 1e-9)
@@ -182,7 +178,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else _rss_bytes()) / 2**20
             eta = (train_steps - step) * tokens_per_step / max(tps, 1e-9)
-            say(f"step {step}/{train_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
+            say(f"step {step}/{train_steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
                 f"{tps:,.0f} tok/s | ETA {eta / 60:.1f} min")
             window_start, window_tokens = time.time(), 0
         if config.eval.interval and step % config.eval.interval == 0:
@@ -197,19 +193,43 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    batches = iter(data)
+    model.train()
+    while step < train_steps:
+        lr = optim_.learning_rate(step, optim_cfg, train_steps)
+        opt.set_lr(lr)
+        opt.zero_grad()
+        loss_sum = 0.0
+        for micro in range(accumulation):
+            with opt.micro_batch(last=micro == accumulation - 1):
+                loss = language_model_loss(opt.model, next(batches), config.run.precision)
+                (loss / accumulation).backward()
+            loss_sum += loss.item() / accumulation
+        grad_norm = opt.reduce_gradients()
+        loss_sum = dist_.mean_over_data_parallel(loss_sum, layout)
+        step += 1  # a skipped step's batches are consumed too, so a resume sees the same data
+        if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+            bad_in_a_row = 0
+            opt.step(grad_norm)
+            window_tokens += tokens_per_step
+            log_step(step, loss_sum, lr, grad_norm)
+        else:
+            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            say(f"step {step}: non-finite loss {loss_sum} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= config.run.max_bad_steps:
+                last = ckpt.latest_dir(config.checkpoint.dir) if config.checkpoint.dir else None
+                raise TrainingAborted(f"{bad_in_a_row} non-finite steps in a row (run.max_bad_steps); "
+                                      + (f"the last good checkpoint is intact: {last}" if last
+                                         else "no checkpoint had been written"))
+
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
         scheduled = config.run.stop_at_step == step and step < train_steps
         if dist_.any_rank(stop.signal is not None or timed_out or scheduled, layout):
-            why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None
-                   else "run.max_minutes" if timed_out else "run.stop_at_step" if scheduled else "another rank")
-            if writer is not None:
-                writer.close()
-            save()
-            if layout.is_main and config.checkpoint.dir:
-                ckpt.write_stop_marker(config.checkpoint.dir, step, why)
-            say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
-            return EXIT_REQUEUE
-        if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < train_steps:
+            return requeue("run.max_minutes" if timed_out and stop.signal is None
+                           else "run.stop_at_step" if scheduled and stop.signal is None else signal_name())
+        # Not inside a run of skipped steps: rotating checkpoints then could delete the last good ones.
+        if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < train_steps \
+                and not bad_in_a_row:
             save()
     save()
     if writer is not None:

@@ -57,3 +57,23 @@ def test_scaling_configs_follow_the_paper(size):
         assert (model.seq_length, model.vocab_size) == (4096, 32000)
         steps = config.schedule.steps(model.seq_length)
         assert steps * 128 * 4096 >= SIZES[size] > (steps - 1) * 128 * 4096
+
+
+@pytest.mark.parametrize("override,message", [
+    ("log.interval=0", "log.interval must be a number >= 1, got 0"),
+    ("schedule.micro_batch=0", "schedule.micro_batch must be a number >= 1, got 0"),
+    ("schedule.train_steps=-3", "schedule.train_steps must be a number >= 1, got -3"),
+    ("run.max_minutes=0", "run.max_minutes must be a number > 0, got 0.0"),
+    ('optim.betas=["a",0.95]', r"optim.betas\[0\]: expected float, got 'a'"),
+    ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\), got \[0.9\]"),
+    ("optim.betas=[0.9,1.0]", r"optim.betas must be two numbers in \[0, 1\)"),
+])
+def test_values_out_of_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(ROOT / "configs" / "tiny_mag.json"), [override])
+
+
+def test_values_in_range_pass():
+    config = load_config(str(ROOT / "configs" / "tiny_mag.json"),
+                         ["optim.grad_clip=0", "checkpoint.keep=0", "eval.interval=0", "optim.betas=[0, 0.5]"])
+    assert (config.optim.grad_clip, config.checkpoint.keep, config.optim.betas) == (0.0, 0, [0.0, 0.5])

@@ -64,3 +64,15 @@ def test_megatron_ddp_and_optimizer_match_one_process(reference, tmp_path, tenso
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = json.loads(out.read_text())
     assert losses == pytest.approx(reference, rel=1e-5, abs=1e-5)
+
+
+def test_grad_clip_zero_turns_clipping_off():
+    """optim.grad_clip 0 means no clipping on the torch path, as on Megatron's (which skips it at 0)."""
+    from pretrain.distributed import clip_gradients
+
+    model = torch.nn.Linear(3, 3)
+    model.weight.grad, model.bias.grad = torch.full((3, 3), 2.0), torch.full((3,), 2.0)
+    clip_gradients(model, 0.0, 10.0)
+    assert (model.weight.grad == 2.0).all()
+    clip_gradients(model, 1.0, 10.0)
+    torch.testing.assert_close(model.weight.grad, torch.full((3, 3), 0.2), rtol=1e-5, atol=0)

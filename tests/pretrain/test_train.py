@@ -76,15 +76,42 @@ def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeyp
     ckpt = tmp_path / "ckpt"
     lines = []
     assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
-    assert any("step 2: non-finite loss" in line and "skipped (1 in a row)" in line for line in lines)
+    assert any("step 3: non-finite loss" in line and "skipped (1 in a row)" in line for line in lines)
     records = [json.loads(x) for x in (ckpt / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
     assert 3 not in [r["step"] for r in records] and records[-1]["skipped_steps"] == 1
 
     monkeypatch.setattr(trainer, "language_model_loss", lambda model, batch, precision: real(model, batch, precision) * float("inf"))
     before = (ckpt / "latest").read_text()
-    with pytest.raises(trainer.TrainingAborted, match="5 non-finite steps in a row"):
+    with pytest.raises(trainer.TrainingAborted, match=f"5 non-finite steps in a row .*intact: .*{before}"):
         trainer.train(_config(train_shards, ckpt, **{"schedule.train_steps": 30}), log=lambda line: None)
     assert (ckpt / "latest").read_text() == before and (ckpt / before).is_dir()
+    with pytest.raises(trainer.TrainingAborted, match="no checkpoint had been written"):
+        trainer.train(_config(train_shards, tmp_path / "fresh"), log=lambda line: None)
+
+    # A stop during a run of skipped steps is honoured at once, not after the next good step.
+    lines = []
+    status = trainer.train(_config(train_shards, tmp_path / "stop", **{"run.stop_at_step": 2}), log=lines.append)
+    assert status == trainer.EXIT_REQUEUE and any("stopping at step 2 (run.stop_at_step)" in x for x in lines)
+
+
+def test_signal_while_starting_asks_for_requeue(train_shards, tmp_path, monkeypatch):
+    real = trainer.build
+    monkeypatch.setattr(trainer, "build", lambda config: (os.kill(os.getpid(), signal.SIGTERM), real(config))[1])
+    lines = []
+    assert trainer.train(_config(train_shards, tmp_path / "ckpt"), log=lines.append) == trainer.EXIT_REQUEUE
+    assert "stopping at step 0 (signal SIGTERM)" in lines[-1]
+    assert not (tmp_path / "ckpt" / "latest").exists()  # nothing trained, nothing saved
+    assert json.loads((tmp_path / "ckpt" / "stopped.json").read_text())["reason"] == "signal SIGTERM"
+
+
+def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert trainer.train(_config(train_shards, ckpt), log=lambda line: None) == 0
+    final = ckpt / (ckpt / "latest").read_text()
+    inode = final.stat().st_ino
+    lines = []
+    assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
+    assert not any(x.startswith("saved ") for x in lines) and final.stat().st_ino == inode
 
 
 def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):
