@@ -76,3 +76,20 @@ def test_grad_clip_zero_turns_clipping_off():
     assert (model.weight.grad == 2.0).all()
     clip_gradients(model, 1.0, 10.0)
     torch.testing.assert_close(model.weight.grad, torch.full((3, 3), 0.2), rtol=1e-5, atol=0)
+
+
+def test_default_decay_rule():
+    """No decay on norms, biases, the memory's gates and initial weights; every projection decays,
+    LMM's hidden x hidden output gate included."""
+    from pretrain.config import OptimSection
+    from pretrain.optim import parameter_groups
+    from titans_megatron import TitansConfig, build_model
+
+    config = TitansConfig.from_preset("tiny", variant="lmm", seq_length=32, vocab_size=300, hidden_size=64,
+                                      ffn_hidden_size=128, num_attention_heads=2, memory_chunk_size=8)
+    model = build_model(config)
+    names = {id(p): n.split("layers.0.")[-1] for n, p in model.named_parameters()}
+    decay, exempt = ({names[id(p)] for p in g["params"]} for g in parameter_groups(model, OptimSection()))
+    assert {"self_attention.linear_gate.weight", "self_attention.memory.linear_qkv.weight"} <= decay
+    assert {"self_attention.memory.linear_gates.weight", "self_attention.memory.gate_bias",
+            "self_attention.memory.memory_init_0", "input_layernorm.weight"} <= exempt
