@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# e.g. --index-url https://download.pytorch.org/whl/cpu: PyPI's Linux torch wheel brings the CUDA libraries.
+TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: test demo bench setup clean
 
-# torch first, pinned: an unpinned torch would pull the CUDA build and gigabytes of wheels.
+# torch first, pinned: an unpinned torch would pull the newest CUDA build with whatever the extras ask for.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e '.[dev,eval]'
 	touch $@
 

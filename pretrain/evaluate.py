@@ -60,10 +60,12 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=None, help="default: one pass over the val split")
     args = p.parse_args(argv)
     from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError
+    from pretrain.data import DataError
 
     try:
         result = validation(args.checkpoint, args.data, args.batches)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))

@@ -4,7 +4,7 @@
 #   [VARIANT=mac] sbatch [-p PARTITION -A ACCOUNT] slurm/titans_760m.sh [VARIANT] [section.key=value ...]
 #
 # Environment, with defaults:
-#   VARIANT         transformer++ | lmm | mag | mal | mac                     [mag; or the first argument]
+#   VARIANT         transformer++ | lmm | mag | mal | mac      [the first argument; else CONFIG's variant; else mag]
 #   CONFIG          the training config                                       [configs/${SIZE}_${VARIANT}.json]
 #   DATA_DIR        data_prep/tokenize.py output                              [$TITANS_ROOT/data/fineweb-edu; tiny: demo_run/shards]
 #   CKPT_ROOT       checkpoints and TensorBoard logs go to $CKPT_ROOT/$RUN_NAME [$TITANS_ROOT/checkpoints]
@@ -35,10 +35,20 @@ say() { echo "launch.sh: $*"; }
 TITANS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [ -f "$TITANS_ROOT/pretrain/train.py" ] || die "$TITANS_ROOT is not the repository (no pretrain/train.py)"
 
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$TITANS_ROOT/.venv/bin/python" ]; then PYTHON=$TITANS_ROOT/.venv/bin/python; else PYTHON=python3; fi
+fi
+
 VARIANTS="transformer++ lmm mag mal mac"
 if [ $# -gt 0 ] && [[ " $VARIANTS " == *" $1 "* ]]; then
     VARIANT=$1
     shift
+fi
+if [ -n "${CONFIG:-}" ] && [ -z "${VARIANT:-}" ]; then
+    # A config of one's own without VARIANT: its variant, not the default's.
+    [ -f "$CONFIG" ] || die "no config $CONFIG"
+    VARIANT=$(cd "$TITANS_ROOT" && "$PYTHON" -c 'import sys; from pretrain.config import load_config
+print(load_config(sys.argv[1]).model.variant)' "$CONFIG") || die "could not read model.variant from $CONFIG"
 fi
 VARIANT=${VARIANT:-mag}
 [[ " $VARIANTS " == *" $VARIANT "* ]] || die "VARIANT=$VARIANT; expected one of: $VARIANTS"
@@ -53,9 +63,6 @@ fi
 CKPT_ROOT=${CKPT_ROOT:-$TITANS_ROOT/checkpoints}
 RUN_NAME=${RUN_NAME:-${SIZE}_${VARIANT}}
 CKPT_DIR=$CKPT_ROOT/$RUN_NAME
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$TITANS_ROOT/.venv/bin/python" ]; then PYTHON=$TITANS_ROOT/.venv/bin/python; else PYTHON=python3; fi
-fi
 SAVE_MARGIN_MIN=${SAVE_MARGIN_MIN:-10}
 MAX_RESTARTS=${MAX_RESTARTS:-100}
 TASKS=${SLURM_NTASKS:-1}

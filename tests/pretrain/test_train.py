@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -104,7 +105,7 @@ def test_signal_while_starting_asks_for_requeue(train_shards, tmp_path, monkeypa
     assert json.loads((tmp_path / "ckpt" / "stopped.json").read_text())["reason"] == "signal SIGTERM"
 
 
-def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path):
+def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     assert trainer.train(_config(train_shards, ckpt), log=lambda line: None) == 0
     final = ckpt / (ckpt / "latest").read_text()
@@ -112,6 +113,14 @@ def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path):
     lines = []
     assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
     assert not any(x.startswith("saved ") for x in lines) and final.stat().st_ino == inode
+
+    from pretrain import evaluate
+    other = tmp_path / "other_shards"  # the same shards, said to hold longer windows
+    shutil.copytree(train_shards, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "seq_len": manifest["seq_len"] * 2}))
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(other)]) == 2
+    assert "error: " in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):

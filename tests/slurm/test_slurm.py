@@ -12,13 +12,14 @@ from tests.pretrain.conftest import ROOT, losses, tiny_overrides
 STEPS = {"schedule.train_steps": 24, "checkpoint.interval": 8, "eval.interval": 0, "log.interval": 4}
 
 
-def submit(env, workdir, run, shards, extra=(), **variables):
+def submit(env, workdir, run, shards, extra=(), variant="mag", **variables):
     workdir.mkdir(parents=True, exist_ok=True)
     overrides = [o for o in tiny_overrides(shards, "unused", **STEPS)
                  if not o.startswith(("data.dir=", "checkpoint.dir="))]
     env = {**env, "DATA_DIR": str(shards), "CKPT_ROOT": str(workdir / "checkpoints"), "RUN_NAME": run,
            "PYTHON": __import__("sys").executable, **variables}
-    proc = subprocess.run(["sbatch", "--parsable", str(ROOT / "slurm" / "titans_tiny.sh"), "mag", *overrides, *extra],
+    proc = subprocess.run(["sbatch", "--parsable", str(ROOT / "slurm" / "titans_tiny.sh"), *([variant] if variant else []),
+                           *overrides, *extra],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
@@ -86,3 +87,9 @@ def test_bad_inputs_stop_the_job_before_any_task(slurm_cluster, train_shards, tm
     assert (state, restarts, code) == ("FAILED", 0, "2:0"), text[-3000:]
     assert f"data.dir {tmp_path / 'missing'}: no such directory" in text and "nothing was started" in text
     assert not (ckpt / "latest").exists()
+
+    # CONFIG without VARIANT: the config's own variant, not the default's.
+    job, log, _ = submit(slurm_cluster, tmp_path / "own", "own", train_shards, variant=None,
+                         CONFIG=str(ROOT / "configs" / "tiny_mac.json"), DATA_DIR=str(tmp_path / "missing"))
+    assert wait_for(slurm_cluster, job, log)[0] == "FAILED"
+    assert "x 2 task(s): tiny mac" in log.read_text()
