@@ -18,9 +18,9 @@ def hub_files(repo_id: str, hf_config, log):
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError as e:
         raise SourceError(f"{repo_id}: reading a hub dataset needs huggingface_hub (pip install -e '.[hub]')") from e
-    offline = (f"download it on a connected machine (huggingface-cli download {repo_id} --repo-type dataset"
+    offline = (f"download it on a connected machine (hf download {repo_id} --repo-type dataset"
                + (f" --include '{config_prefix(hf_config)}*'" if hf_config else "") + " --local-dir DIR) "
-               "and pass DIR as --input")
+               "and pass DIR as --input (huggingface_hub before 1.0: huggingface-cli download)")
     try:
         files = HfApi().list_repo_files(repo_id, repo_type="dataset")
     except Exception as e:

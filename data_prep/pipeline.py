@@ -17,7 +17,7 @@ from data_prep import tokenizer as tok
 from data_prep.manifest import FORMAT, MANIFEST, check_same_arguments, read_json, write_json
 from data_prep.plan import plan_parts
 from data_prep.shards import read_shard, write_shard
-from data_prep.sources import SourceError, count_rows
+from data_prep.sources import MissingColumn, SourceError, count_rows
 from data_prep.worker import STATE_DIR, Settings, init, part_record_path, partial_shard_path, process_part
 
 SPLITS = ("train", "val")
@@ -38,7 +38,7 @@ def _count_sources(paths, text_column, skip_bad, log):
             rows.append(count_rows(path, text_column))
             status.append("ok")
         except SourceError as e:
-            if not skip_bad:
+            if not skip_bad or isinstance(e, MissingColumn):
                 raise
             log(f"skipping bad file: {e}")
             rows.append(None)
@@ -116,6 +116,11 @@ def run(args, log=print) -> Optional[dict]:
     run_path = os.path.join(state, "run.json")
     previous = read_json(run_path)
     if previous is not None:
+        if args.skip_bad_files and not previous["skip_bad_files"]:
+            # What a stop on a bad row or file suggests. Safe: the parts already done hold no bad rows,
+            # so they are what a run with the flag would have written.
+            log("--skip-bad-files: on from here (the parts already done hold no bad rows)")
+            previous = {**previous, "skip_bad_files": True}
         check_same_arguments(run_path, previous, fingerprint)
         log(f"resuming the run in {out}")
     elif os.path.isdir(out) and any(name != STATE_DIR for name in os.listdir(out)):

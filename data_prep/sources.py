@@ -21,6 +21,11 @@ class SourceError(Exception):
     """A source file that cannot be read as asked (the message names it)."""
 
 
+class MissingColumn(SourceError):
+    """The text column is not in a file: a wrong --text-column, which --skip-bad-files does not skip
+    (it would skip every file)."""
+
+
 @dataclass(frozen=True)
 class Skip:
     row: int
@@ -77,7 +82,7 @@ def count_rows(path: str, text_column: str) -> int:
         pf = _parquet(path)
         names = pf.schema_arrow.names
         if text_column not in names:
-            raise SourceError(f"{path}: no column {text_column!r}; its columns are {names}")
+            raise MissingColumn(f"{path}: no column {text_column!r}; its columns are {names} (--text-column)")
         return pf.metadata.num_rows
     try:
         with _open_lines(path) as f:

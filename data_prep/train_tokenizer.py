@@ -42,14 +42,25 @@ def train(input_src, vocab_size, output, text_column="text", max_docs=None, max_
     paths = list_files(input_src)
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
+    source_errors = []
+
+    def sentences():  # sentencepiece reports an error of its iterator as its own: keep ours to re-raise
+        try:
+            yield from lines(paths, text_column, max_docs)
+        except SourceError as e:
+            source_errors.append(e)
+            raise
+
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         prefix = os.path.join(tmp, "spm")
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines(paths, text_column, max_docs), model_prefix=prefix, vocab_size=vocab_size,
+                sentence_iterator=sentences(), model_prefix=prefix, vocab_size=vocab_size,
                 input_sentence_size=max_sentences, shuffle_input_sentence=max_sentences > 0,
                 num_threads=threads or os.cpu_count() or 1, minloglevel=2, **LLAMA2_LAYOUT)
         except RuntimeError as e:
+            if source_errors:
+                raise source_errors[0] from None
             raise SourceError(f"sentencepiece training failed for --vocab-size {vocab_size}: {e}") from e
         os.replace(prefix + ".vocab", os.path.splitext(output)[0] + ".vocab")
         os.replace(prefix + ".model", output)

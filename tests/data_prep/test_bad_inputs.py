@@ -26,6 +26,8 @@ def test_missing_text_column_names_the_columns(tokenizer, tmp_path):
     proc = tokenize(tokenizer, src, tmp_path / "out", check=False)
     assert proc.returncode == 2
     assert f"{src}: no column 'text'; its columns are ['content', 'id']" in proc.stderr
+    proc = tokenize(tokenizer, src, tmp_path / "out_skip", "--skip-bad-files", check=False)
+    assert proc.returncode == 2 and "no column 'text'" in proc.stderr  # a wrong --text-column is not a bad file
     js = _jsonl(tmp_path / "b.jsonl", [{"text": "fine"}, {"body": "no text here", "id": 2}])
     proc = tokenize(tokenizer, js, tmp_path / "out2", check=False)
     assert proc.returncode == 2 and f"{js}:2: no field 'text'; the record has ['body', 'id']" in proc.stderr
@@ -55,7 +57,7 @@ def test_corrupt_files_stop_the_run_or_are_recorded(tokenizer, tmp_path):
     proc = tokenize(tokenizer, src, tmp_path / "out", check=False)
     assert proc.returncode == 2 and f"{src / 'b.jsonl.gz'}: unreadable" in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
-    out = tmp_path / "skipping"
+    out = tmp_path / "out"  # the same output: the error's advice, taken
     tokenize(tokenizer, src, out, "--skip-bad-files")
     sources = {s["path"].rsplit("/", 1)[1]: s for s in _manifest(out)["sources"]}
     assert sources["a.jsonl"]["status"] == "ok" and sources["a.jsonl"]["rows"] == 10
@@ -69,8 +71,8 @@ def test_malformed_json_line(tokenizer, tmp_path):
     src.write_text('{"text": "one"}\n{"text": "two"\n{"text": "three"}\n')
     proc = tokenize(tokenizer, src, tmp_path / "out", check=False)
     assert proc.returncode == 2 and f"{src}:2: malformed JSON" in proc.stderr
-    tokenize(tokenizer, src, tmp_path / "ok", "--skip-bad-files")
-    m = _manifest(tmp_path / "ok")
+    tokenize(tokenizer, src, tmp_path / "out", "--skip-bad-files")  # the same output, resumed with the flag
+    m = _manifest(tmp_path / "out")
     assert m["splits"]["train"]["documents"] == 2
     assert [r["reason"].split(":")[0] for r in m["skipped"]["rows"]] == ["malformed JSON"]
 
