@@ -12,7 +12,8 @@ from titans_megatron.specs import block_spec
 
 class TitansLM(nn.Module):
     """The language model. ``forward(input_ids [B, T]) -> logits [B, T, vocab]``, gathered over
-    tensor-parallel ranks unless ``parallel_output`` (training uses the vocab-parallel loss)."""
+    tensor-parallel ranks unless ``parallel_output``. The training loop takes its cross-entropy on
+    these gathered logits (pretrain/trainer.py), not Megatron's vocab-parallel loss."""
 
     def __init__(self, config: TitansConfig, parallel_output: bool = False):
         super().__init__()
