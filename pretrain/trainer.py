@@ -16,7 +16,6 @@ import time
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_
@@ -75,9 +74,8 @@ def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
     device = next(model.parameters()).device
     tokens = batch["tokens"].to(device, non_blocking=True)
     with autocast(precision, device):
-        logits = model(tokens[:, :-1])
-    losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-    mask = batch["loss_mask"].to(device).flatten()
+        losses = model(tokens[:, :-1], labels=tokens[:, 1:])  # fp32, vocab-parallel: no gathered logits
+    mask = batch["loss_mask"].to(device)
     return (losses * mask).sum() / mask.sum().clamp_min(1.0)
 
 

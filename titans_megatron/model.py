@@ -12,8 +12,9 @@ from titans_megatron.specs import block_spec
 
 class TitansLM(nn.Module):
     """The language model. ``forward(input_ids [B, T]) -> logits [B, T, vocab]``, gathered over
-    tensor-parallel ranks unless ``parallel_output``. The training loop takes its cross-entropy on
-    these gathered logits (pretrain/trainer.py), not Megatron's vocab-parallel loss."""
+    tensor-parallel ranks unless ``parallel_output``; ``forward(input_ids, labels [B, T])`` -> fp32
+    next-token losses [B, T] by Megatron's vocab-parallel cross-entropy (what training uses: no
+    rank gathers the [B, T, vocab] logits)."""
 
     def __init__(self, config: TitansConfig, parallel_output: bool = False):
         super().__init__()
@@ -25,10 +26,28 @@ class TitansLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels=None):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} {list(input_ids.shape)}")
-        out = self.gpt(input_ids, position_ids=None, attention_mask=None, labels=labels)
-        if labels is None and not self.gpt.parallel_output:
+        if labels is not None:
+            return self._token_losses(input_ids, labels)
+        out = self.gpt(input_ids, position_ids=None, attention_mask=None)
+        if not self.gpt.parallel_output:
             out = out[..., : self.config.vocab_size]
         return out
+
+    def _token_losses(self, input_ids, labels):
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {list(input_ids.shape)}, got {list(labels.shape)}")
+        logits = self.gpt(input_ids, position_ids=None, attention_mask=None, runtime_gather_output=False).float()
+        # This rank's vocabulary slice; the padding columns (past vocab_size) take no probability, as
+        # in the gathered logits, which are cut at vocab_size.
+        width = logits.shape[-1]
+        first = parallel_state.get_tensor_model_parallel_rank() * width
+        padding = torch.arange(first, first + width, device=logits.device) >= self.config.vocab_size
+        if padding.any():
+            logits = logits.masked_fill(padding, float("-inf"))
+        return vocab_parallel_cross_entropy(logits, labels)
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         """Megatron-core's checkpoint metadata, keyed like ``state_dict()``."""
