@@ -266,9 +266,12 @@ def _task_manager(include_path: Optional[str]):
     return TaskManager(include_path=include_path)  # indexes every YAML lm-eval ships: seconds, so once
 
 
-def check_tasks(tasks: Sequence[str], include_path: Optional[str] = None):
-    """lm-eval's TaskManager (its tasks plus the YAMLs under ``include_path``) once every name in
-    ``tasks`` is known to it; EvalInputError naming each unknown one and its close matches otherwise."""
+def check_tasks(tasks: Sequence[str], include_path: Optional[str] = None, local_tasks: Sequence[str] = ()) -> list:
+    """lm-eval's task objects for the names in ``tasks`` (a Task, a Group, or a tag's Tasks each), built
+    from its tasks plus the YAMLs under ``include_path``, so their datasets are loaded now, before any
+    model. EvalInputError naming each unknown name with its close matches (among lm-eval's tasks and
+    ``local_tasks``, the caller's own), a task whose data cannot be loaded and why, or one that asks
+    for sampling."""
     if not tasks:
         raise EvalInputError("no lm-evaluation-harness tasks given")
     if include_path is not None and not os.path.isdir(include_path):
@@ -278,12 +281,34 @@ def check_tasks(tasks: Sequence[str], include_path: Optional[str] = None):
     if unknown:
         hints = []
         for t in unknown:
-            close = difflib.get_close_matches(t, manager.all_tasks, n=CLOSE_MATCHES)
+            close = (difflib.get_close_matches(t, local_tasks, n=CLOSE_MATCHES)
+                     + difflib.get_close_matches(t, manager.all_tasks, n=CLOSE_MATCHES))[:CLOSE_MATCHES]
             hints.append(f"{t!r}" + (f" (close: {', '.join(close)})" if close else ""))
         where = f" or under {include_path}" if include_path else " (pass include_path for task YAMLs of your own)"
-        raise EvalInputError(f"unknown lm-evaluation-harness task(s): {'; '.join(hints)}: not among lm-eval's "
+        local = f"neither a local task ({', '.join(local_tasks)}) nor" if local_tasks else "not"
+        raise EvalInputError(f"unknown task(s): {'; '.join(hints)}: {local} among lm-evaluation-harness's "
                              f"tasks{where}")
-    return manager
+    return [item for name in tasks for item in _build(manager, name)]
+
+
+def _build(manager, name: str) -> list:
+    """The top-level objects lm-eval builds for ``name`` (its subtasks stay inside a Group)."""
+    try:
+        loaded = manager.load([name])
+    except Exception as e:  # datasets raise many kinds (FileNotFoundError, ConnectionError, ValueError, ...)
+        hint = "; eval_suite/download.py --what harness fills the cache on a connected machine" \
+            if isinstance(e, ConnectionError) else ""
+        raise EvalInputError(f"lm-evaluation-harness task {name!r}: its data cannot be loaded "
+                             f"({type(e).__name__}: {e}){hint}") from e
+    for task in loaded["tasks"].values():  # the adapter decodes greedily only: say so now, not mid-run
+        if task.get_config("output_type") == "generate_until" and \
+                (task.get_config("generation_kwargs") or {}).get("do_sample"):
+            of = "" if task.task_name == name else f" (of {name!r})"
+            raise EvalInputError(f"lm-evaluation-harness task {task.task_name!r}{of} asks for sampling (do_sample); "
+                                 "the titans model decodes greedily only")
+    groups = list(loaded["groups"].values())
+    inside = {id(child) for group in groups for child in group}
+    return [x for x in [*groups, *loaded["tasks"].values()] if id(x) not in inside]
 
 
 def task_metrics(task_results: dict, paper: Sequence[str] = ()) -> Dict[str, object]:
@@ -297,9 +322,11 @@ def task_metrics(task_results: dict, paper: Sequence[str] = ()) -> Dict[str, obj
     return {**{m: flat[m] for m in paper if m in flat}, **flat}
 
 
-def run_tasks(model: EvalModel, tasks: List[str], include_path: Optional[str] = None, limit: Optional[int] = None,
+def run_tasks(model: EvalModel, tasks: list, include_path: Optional[str] = None, limit: Optional[float] = None,
               num_fewshot: int = 0, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> Dict[str, dict]:
-    """Evaluate ``model`` on lm-eval ``tasks`` (names checked before any model work). Returns, per task
+    """Evaluate ``model`` on lm-eval ``tasks``: names (built and checked by ``check_tasks`` before any
+    model work), or what ``check_tasks`` returned (reused: eval_suite/run.py loads each dataset once for
+    all checkpoints; lm-eval rebuilds a task's requests on every run). Returns, per task
     lm-eval reports (a group's subtasks included), {metric: value, ..., "lm_eval": {...}}: the paper's
     metrics first (PAPER_TASKS), then every other metric and stderr lm-eval computed, then under
     "lm_eval" its full results for the task (results, config, version, n-shot, n-samples,
@@ -307,10 +334,12 @@ def run_tasks(model: EvalModel, tasks: List[str], include_path: Optional[str] = 
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
-    manager = check_tasks(tasks, include_path)
+    if any(isinstance(t, str) for t in tasks):
+        tasks = check_tasks(tasks, include_path)
+    # the manager only files the built objects; without one lm-eval would index every YAML it ships again
     out = lm_eval.simple_evaluate(model=TitansHarnessLM(model=model), tasks=list(tasks), num_fewshot=num_fewshot,
-                                  limit=limit, bootstrap_iters=bootstrap_iters, task_manager=manager,
-                                  log_samples=False)
+                                  limit=limit, bootstrap_iters=bootstrap_iters,
+                                  task_manager=_task_manager(include_path), log_samples=False)
     out = json.loads(json.dumps(out, default=handle_non_serializable))
     per_task = {}
     for task, results in out["results"].items():

@@ -8,7 +8,6 @@ values, as full attention must). Inputs within the training context are scored i
 one forward: the model is causal, so right padding leaves the real positions' logits unchanged.
 """
 
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -28,63 +27,50 @@ class Scored:
     greedy: List[bool]
 
 
-def find_tokenizer(config, explicit: Optional[str]) -> str:
-    """``explicit``, else the path the run's shard manifest records (data_prep writes it), checked
-    against the manifest's sha256."""
-    from data_prep.manifest import MANIFEST, file_sha256, read_json
+class Codec:
+    """Text <-> ids with a sentencepiece model: what prompt layouts need, so that they can be checked
+    with the tokenizer alone before any model is built (EvalModel is one too)."""
 
-    manifest = read_json(os.path.join(config.data.dir, MANIFEST)) if config.data.dir else None
-    path = explicit or (manifest or {}).get("tokenizer", {}).get("path")
-    if not path:
-        raise EvalInputError(f"no tokenizer: the run's data.dir ({config.data.dir or 'unset'}) has no manifest naming "
-                             "one; pass --tokenizer PATH (the sentencepiece .model the shards were made with)")
-    if not os.path.isfile(path):
-        raise EvalInputError(f"tokenizer {path}: no such file" + ("" if explicit else " (named by the shard manifest); "
-                                                                  "pass --tokenizer PATH"))
-    expected = (manifest or {}).get("tokenizer", {}).get("sha256")
-    if expected and file_sha256(path) != expected:
-        raise EvalInputError(f"tokenizer {path} is not the one the run's shards were made with (sha256 differs)")
-    return path
-
-
-class EvalModel:
-    """``EvalModel.load(checkpoint_dir)``; ``name`` labels it in reports (the run's folder name)."""
-
-    def __init__(self, model, model_config, config, tokenizer, name: str, step: int, batch_size: int = 8):
-        self.model, self.model_config, self.config = model, model_config, config
-        self.tokenizer, self.name, self.step, self.batch_size = tokenizer, name, step, batch_size
-        self.device = next(model.parameters()).device
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         self.bos_id, self.eos_id = tokenizer.bos_id(), tokenizer.eos_id()
-        self.max_length = model_config.seq_length
-        self.variant = model_config.variant
-
-    @classmethod
-    def load(cls, checkpoint_dir: str, tokenizer: Optional[str] = None, batch_size: int = 8) -> "EvalModel":
-        import sentencepiece as spm
-
-        from pretrain.checkpoint import CheckpointError
-        from pretrain.evaluate import restore
-
-        if not os.path.exists(checkpoint_dir):
-            raise EvalInputError(f"checkpoint {checkpoint_dir}: no such folder")
-        try:
-            config, model_config, model, saved = restore(checkpoint_dir)
-        except (FileNotFoundError, CheckpointError) as e:
-            raise EvalInputError(f"checkpoint {checkpoint_dir}: {e}") from e
-        sp = spm.SentencePieceProcessor()
-        sp.Load(find_tokenizer(config, tokenizer))
-        if sp.GetPieceSize() > model_config.vocab_size:
-            raise EvalInputError(f"tokenizer has {sp.GetPieceSize()} pieces, the model {model_config.vocab_size}")
-        run = os.path.basename(os.path.normpath(checkpoint_dir))
-        return cls(model, model_config, config, sp, run, saved["step"], batch_size)
-
-    # text
 
     def encode(self, text: str) -> List[int]:
         return self.tokenizer.EncodeAsIds(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.DecodeIds(list(ids))
+
+
+class EvalModel(Codec):
+    """``EvalModel.load(checkpoint_dir)``; ``name`` labels it in reports (eval_suite/checkpoint.py's
+    ``Checkpoint.name``)."""
+
+    def __init__(self, model, model_config, config, tokenizer, name: str, step: int, batch_size: int = 8):
+        super().__init__(tokenizer)
+        self.model, self.model_config, self.config = model, model_config, config
+        self.name, self.step, self.batch_size = name, step, batch_size
+        self.device = next(model.parameters()).device
+        self.max_length = model_config.seq_length
+        self.variant = model_config.variant
+
+    @classmethod
+    def load(cls, checkpoint_dir: str, tokenizer: Optional[str] = None, batch_size: int = 8,
+             checked=None) -> "EvalModel":
+        """``checked``: the folder's ``eval_suite.checkpoint.inspect`` (made here when None)."""
+        from eval_suite.checkpoint import inspect
+        from pretrain.checkpoint import CheckpointError
+        from pretrain.evaluate import restore
+
+        checked = checked or inspect(checkpoint_dir, tokenizer)
+        try:
+            config, model_config, model, saved = restore(checked.folder)
+        except (FileNotFoundError, CheckpointError) as e:  # what inspect cannot see: the files' contents
+            message = str(e)
+            if message.startswith(checked.folder):  # pretrain's messages start with the folder: name it once
+                message = message[len(checked.folder):].lstrip(": ")
+            raise EvalInputError(f"{checked.label}: {message}") from e
+        return cls(model, model_config, config, checked.codec.tokenizer, checked.name, saved["step"], batch_size)
 
     # scoring
 

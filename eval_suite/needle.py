@@ -40,10 +40,12 @@ sentence boundary nearest to that token position (within half a sentence).
 Determinism: sample ``i`` of (kind, length, depth) draws from a generator seeded by ``seed`` and those
 four, so the same seed gives identical prompts and answers.
 
-Score (``exact_match``): RULER's ``postprocess_pred`` (control characters become newlines, then
-strip), then the first whitespace-separated word of the continuation, with punctuation trimmed from its
-ends, must equal the answer (case-insensitive). Stricter than RULER's ``string_match_all`` (answer
-anywhere in the output): "1234567." matches 1234567, "12345678" and "it is 1234567" do not.
+Score (``exact_match``): RULER's ``postprocess_pred`` (control characters become newlines), then the
+continuation split at whitespace into words, each trimmed of punctuation at its ends (``EDGE_PUNCTUATION``);
+words left empty (punctuation alone, as the ``:`` of ``": 1234567."``, which a model copying the needle's
+"is: {value}." writes) are skipped, and the first word left must equal the answer (case-insensitive).
+Stricter than RULER's ``string_match_all`` (answer anywhere in the output): "1234567.", ": 1234567." and
+":1234567" match 1234567; "12345678", "1234567-8" and "it is 1234567" do not.
 """
 
 import gzip
@@ -52,12 +54,13 @@ import os
 import random
 import re
 import string
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 from data_prep.corpus import CORPUS
 from eval_suite import jsonl
-from eval_suite.model import EvalInputError, EvalModel
+from eval_suite.model import Codec, EvalInputError, EvalModel
 
 KINDS = ("passkey", "number", "word")
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384)
@@ -168,31 +171,37 @@ def essay_documents(path: str) -> List[str]:
                 raise EvalInputError(f"needle haystack: {path} line {number}: expected a field 'text'")
             docs.append(row["text"])
         return docs
-    except (UnicodeDecodeError, OSError) as e:
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as e:  # OSError, EOFError, zlib: a corrupt .gz
         raise EvalInputError(f"needle haystack {path}: not readable UTF-8 text ({e})") from e
+
+
+def essay_sentences(path: str) -> List[str]:
+    """The sentences of an essay file that a haystack is made of (without a tokenizer: checked up front)."""
+    sentences = [s for doc in essay_documents(path) for s in split_sentences(doc)
+                 if len(s.split()) <= MAX_SENTENCE_WORDS]
+    if not sentences:
+        raise EvalInputError(f"needle haystack {path}: no sentences of at most {MAX_SENTENCE_WORDS} words")
+    return sentences
 
 
 def split_sentences(text: str) -> List[str]:
     return [s for s in SENTENCE_END.split(" ".join(text.split())) if s]
 
 
-def _separator(model: EvalModel) -> str:
+def _separator(model: Codec) -> str:
     """What to prepend to a piece so that concatenated token lists read as space-separated text: nothing
     for sentencepiece's dummy prefix (the project's tokenizers), a space otherwise."""
     return "" if model.decode(model.encode("a") + model.encode("b")) == "a b" else " "
 
 
-def load_haystack(model: EvalModel, kind: str, path: Optional[str] = None) -> Haystack:
+def load_haystack(model: Codec, kind: str, path: Optional[str] = None) -> Haystack:
     """The noise for ``passkey``; the essay text (``path``, default the shipped corpus) for the others."""
     sep = _separator(model)
     if kind == "passkey":
         sentences, source = list(NOISE), "noise"
     else:
         source = str(path or CORPUS)
-        sentences = [s for doc in essay_documents(source) for s in split_sentences(doc)
-                     if len(s.split()) <= MAX_SENTENCE_WORDS]
-        if not sentences:
-            raise EvalInputError(f"needle haystack {source}: no sentences of at most {MAX_SENTENCE_WORDS} words")
+        sentences = essay_sentences(source)
     ids = [model.encode(sep + s) for s in sentences]
     return Haystack(source, sentences, ids, "\n".join(sentences).lower(), kind != "passkey", sep)
 
@@ -223,7 +232,7 @@ def _draw(rng: random.Random, pool, haystack: Haystack, avoid: str = ""):
     raise EvalInputError(f"needle haystack {haystack.source}: every drawn needle occurs in the text")
 
 
-def _layout(model: EvalModel, haystack: Haystack, kind: str, length: int, depth: float, seed: int,
+def _layout(model: Codec, haystack: Haystack, kind: str, length: int, depth: float, seed: int,
             index: int) -> _Layout:
     rng = _rng(seed, kind, length, depth, index)
     key = _draw(rng, lambda r: r.choice(WORDS), haystack)
@@ -263,7 +272,7 @@ def _sample(model: EvalModel, haystack: Haystack, kind: str, length: int, depth:
                         hay_start + at, hay_start, layout.budget)
 
 
-def _haystacks(model: EvalModel, kinds: Sequence[str], path: Optional[str]) -> Dict[str, Haystack]:
+def _haystacks(model: Codec, kinds: Sequence[str], path: Optional[str]) -> Dict[str, Haystack]:
     essay = load_haystack(model, "number", path) if {"number", "word"} & set(kinds) else None
     return {k: load_haystack(model, k) if k == "passkey" else essay for k in kinds}
 
@@ -280,9 +289,24 @@ def generate(model: EvalModel, kind: str, length: int, depth: float, samples: in
 
 
 def exact_match(generated: str, answer: str) -> bool:
-    """The continuation's first word, punctuation trimmed from its ends, is the answer (any case)."""
-    words = CONTROL.sub("\n", generated).split()
-    return bool(words) and words[0].strip(EDGE_PUNCTUATION).lower() == answer.lower()
+    """The continuation's first word that is not punctuation alone, punctuation trimmed from its ends, is
+    the answer (any case)."""
+    words = [w for w in (w.strip(EDGE_PUNCTUATION) for w in CONTROL.sub("\n", generated).split()) if w]
+    return bool(words) and words[0].lower() == answer.lower()
+
+
+def plan(model: Codec, kinds: Sequence[str], lengths: Sequence[int], depths: Sequence[float], samples: int,
+         seed: int = 0, haystack: Optional[str] = None):
+    """(haystack per kind, layout per (kind, length, depth, sample)): every draw and fixed piece of every
+    prompt, so all that can fail fails here. Needs the tokenizer only: eval_suite/run.py calls it with a
+    checkpoint's Codec before any model is built; ``run`` with the model."""
+    check(kinds, lengths, depths, haystack)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise EvalInputError(f"needle samples {samples!r}: expected a positive integer")
+    stacks = _haystacks(model, kinds, haystack)
+    layouts = {(k, n, d, i): _layout(model, stacks[k], k, n, d, seed, i)
+               for k in kinds for n in lengths for d in depths for i in range(samples)}
+    return stacks, layouts
 
 
 def run(model: EvalModel, kinds: Sequence[str] = KINDS, lengths: Sequence[int] = DEFAULT_LENGTHS,
@@ -292,12 +316,8 @@ def run(model: EvalModel, kinds: Sequence[str] = KINDS, lengths: Sequence[int] =
     Every prompt's layout is checked before the first generation; prompts are built one at a time."""
     from tqdm import tqdm
 
-    check(kinds, lengths, depths, haystack)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise EvalInputError(f"needle samples {samples!r}: expected a positive integer")
-    stacks = _haystacks(model, kinds, haystack)
+    stacks, layouts = plan(model, kinds, lengths, depths, samples, seed, haystack)
     cells = [(k, n, d) for k in kinds for n in lengths for d in depths]
-    layouts = {(k, n, d, i): _layout(model, stacks[k], k, n, d, seed, i) for k, n, d in cells for i in range(samples)}
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     records = []
     with tqdm(total=len(layouts), desc=f"needle ({model.name})", unit="sample", disable=not progress) as bar:

@@ -4,7 +4,9 @@ Files (``eval_suite/download.py`` writes them on a connected machine, once):
 
 - ``DATA_DIR/wikitext103/test.txt``: the raw WikiText-103 test split (``wiki.test.raw``, the rows of
   ``wikitext-103-raw-v1`` concatenated), UTF-8. Articles start at top-level headings (`` = Title = ``)
-  and are scored as separate documents.
+  and are scored as separate documents: each is its lines from its first non-blank one (the heading)
+  to its last non-blank one, joined by newlines (blank lines before the first heading and between
+  articles belong to none).
 - ``DATA_DIR/lambada_openai/test.jsonl``: one ``{"text": ...}`` per line (the 5,153 passages of
   ``EleutherAI/lambada_openai``); the target is the last word.
 
@@ -12,9 +14,10 @@ WikiText: each article is ``BOS + tokens``; its tokens are scored in blocks of `
 preceding context as fits the training context (``stride`` = the context: disjoint windows, the
 convention of lm-evaluation-harness's rolling log-likelihood and of the paper's table; smaller strides
 give each token more context; ``stride`` 0 streams the whole article through the memory, the
-Titans-native reading). Reported: word perplexity exp(-log-likelihood / words), words being the
-whitespace-separated pieces of the article as lm-evaluation-harness counts them, token perplexity, and
-bits per byte.
+Titans-native reading). Reported: word perplexity exp(-log-likelihood / words), words counted as
+lm-evaluation-harness's wikitext task counts a page's, ``len(re.split(r"\\s+", article))`` on the
+article as scored (no stripping: an edge space counts an empty piece, in lm-eval too), token
+perplexity, and bits per byte.
 
 LAMBADA: context = the passage up to its last space, target = the space and the last word, as
 lm-evaluation-harness's ``lambada_openai``; perplexity exp(-mean target log-likelihood) and accuracy
@@ -35,6 +38,12 @@ LAMBADA_FILE = os.path.join("lambada_openai", "test.jsonl")
 ARTICLE_HEADING = re.compile(r"^ ?= [^=].* = ?$")
 
 
+def _trimmed(lines: List[str]) -> str:
+    """The lines from the first non-blank one to the last, joined ("" when all are blank)."""
+    body = [i for i, line in enumerate(lines) if line.strip()]
+    return "\n".join(lines[body[0]:body[-1] + 1]) if body else ""
+
+
 def wikitext_articles(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise EvalInputError(f"WikiText-103: {path} not found (expected the raw test split as UTF-8 text; "
@@ -46,19 +55,20 @@ def wikitext_articles(path: str) -> List[str]:
         raise EvalInputError(f"WikiText-103: {path} is not UTF-8 text ({e})") from e
     articles, current = [], []
     for line in lines:
-        if ARTICLE_HEADING.match(line) and any(x.strip() for x in current):
-            articles.append("\n".join(current))
+        if ARTICLE_HEADING.match(line):
+            articles.append(_trimmed(current))
             current = []
         current.append(line)
-    if any(x.strip() for x in current):
-        articles.append("\n".join(current))
+    articles = [a for a in articles + [_trimmed(current)] if a]
     if not articles:
         raise EvalInputError(f"WikiText-103: {path} holds no text")
-    return [a.strip("\n") for a in articles]
+    return articles
 
 
 def word_count(text: str) -> int:
-    return len(re.split(r"\s+", text.strip()))  # lm-evaluation-harness's word count
+    """lm-evaluation-harness's wikitext word count, on the text as it is (a leading or trailing space
+    makes an empty first or last piece, which lm-eval counts too)."""
+    return len(re.split(r"\s+", text))
 
 
 def windows(n_targets: int, length: int, stride: int):

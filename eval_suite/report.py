@@ -4,7 +4,12 @@ event files.
 
 ``results`` is the dict eval_suite/run.py builds: {"settings": ..., "checkpoints": [{"name", "path",
 "step", "variant", "parameters", "log_dir", "results": {"wikitext103", "lambada", "harness", "needle",
-"babilong"}}]}; every task is optional and a missing value shows as "-".
+"babilong"}, "error": why it is incomplete (only when it is)}]}; every task is optional and a missing
+value shows as "-"; a table no checkpoint has a value for is left out.
+
+The language-modelling table's "Avg." is the mean of its accuracy columns (LAMBADA and the seven
+zero-shot tasks, the paper's average), shown only for a row that has every one of them ("-"
+otherwise), so that every average in the table is over the same tasks.
 """
 
 import json
@@ -12,18 +17,19 @@ import math
 import os
 from typing import Dict, List, Optional
 
-# The paper's language-modeling table: (header, where the value lives, scale). Accuracies in percent.
+ACCURACY_SCALE = 100  # accuracies in percent: the columns "Avg." averages
+# The paper's language-modeling table: (header, where the value lives, scale).
 LM_COLUMNS = [
     ("Wiki. ppl ↓", ("wikitext103", "word_perplexity"), 1),
     ("LMB. ppl ↓", ("lambada", "perplexity"), 1),
-    ("LMB. acc ↑", ("lambada", "accuracy"), 100),
-    ("PIQA acc ↑", ("harness", "piqa", "acc"), 100),
-    ("Hella. acc_n ↑", ("harness", "hellaswag", "acc_norm"), 100),
-    ("Wino. acc ↑", ("harness", "winogrande", "acc"), 100),
-    ("ARC-e acc ↑", ("harness", "arc_easy", "acc"), 100),
-    ("ARC-c acc_n ↑", ("harness", "arc_challenge", "acc_norm"), 100),
-    ("SIQA acc ↑", ("harness", "social_iqa", "acc"), 100),
-    ("BoolQ acc ↑", ("harness", "boolq", "acc"), 100),
+    ("LMB. acc ↑", ("lambada", "accuracy"), ACCURACY_SCALE),
+    ("PIQA acc ↑", ("harness", "piqa", "acc"), ACCURACY_SCALE),
+    ("Hella. acc_n ↑", ("harness", "hellaswag", "acc_norm"), ACCURACY_SCALE),
+    ("Wino. acc ↑", ("harness", "winogrande", "acc"), ACCURACY_SCALE),
+    ("ARC-e acc ↑", ("harness", "arc_easy", "acc"), ACCURACY_SCALE),
+    ("ARC-c acc_n ↑", ("harness", "arc_challenge", "acc_norm"), ACCURACY_SCALE),
+    ("SIQA acc ↑", ("harness", "social_iqa", "acc"), ACCURACY_SCALE),
+    ("BoolQ acc ↑", ("harness", "boolq", "acc"), ACCURACY_SCALE),
 ]
 # lm-eval's lambada_openai fills the LAMBADA columns when the local LAMBADA task did not run.
 FALLBACK = {("lambada", "perplexity"): ("harness", "lambada_openai", "perplexity"),
@@ -49,7 +55,8 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
 
 
 def language_modeling_table(checkpoints: List[dict]) -> List[str]:
-    rows = []
+    """The paper's table; [] when no checkpoint has any of its values."""
+    rows, any_value = [], False
     for c in checkpoints:
         values = []
         for _, path, scale in LM_COLUMNS:
@@ -57,9 +64,11 @@ def language_modeling_table(checkpoints: List[dict]) -> List[str]:
             if value is None and path in FALLBACK:
                 value = _get(c["results"], FALLBACK[path])
             values.append((value, scale))
-        accs = [v * s for v, s in values if v is not None and s == 100]
-        rows.append([label(c)] + [_fmt(v, s) for v, s in values] + [_fmt(sum(accs) / len(accs) if accs else None)])
-    return _table(["Model"] + [h for h, _, _ in LM_COLUMNS] + ["Avg. ↑"], rows)
+        any_value = any_value or any(v is not None for v, _ in values)
+        accs = [v for v, s in values if s == ACCURACY_SCALE]
+        mean = sum(accs) / len(accs) if None not in accs else None  # over every accuracy column, or none
+        rows.append([label(c)] + [_fmt(v, s) for v, s in values] + [_fmt(mean, ACCURACY_SCALE)])
+    return _table(["Model"] + [h for h, _, _ in LM_COLUMNS] + ["Avg. ↑"], rows) if any_value else []
 
 
 def label(c: dict) -> str:
@@ -85,7 +94,8 @@ def needle_table(checkpoints: List[dict]) -> List[str]:
     rows = []
     for c in checkpoints:
         needle = c["results"].get("needle") or {}
-        rows.append([label(c)] + [_fmt(_mean((needle.get(k) or {}).get(n, {}).values()), 100) for k, n in columns])
+        rows.append([label(c)] + [_fmt(_mean((needle.get(k) or {}).get(n, {}).values()), ACCURACY_SCALE)
+                                  for k, n in columns])
     header = ["Model"] + [f"{NEEDLE_NAMES.get(k, k)} {_length_name(int(n))}" for k, n in columns]
     return _table(header, rows)
 
@@ -104,7 +114,7 @@ def babilong_table(checkpoints: List[dict]) -> List[str]:
     rows = []
     for c in checkpoints:
         for task, by_length in sorted((c["results"].get("babilong") or {}).items()):
-            rows.append([label(c), task] + [_fmt(by_length.get(n), 100) for n in lengths])
+            rows.append([label(c), task] + [_fmt(by_length.get(n), ACCURACY_SCALE) for n in lengths])
     return _table(["Model", "Task"] + lengths, rows)
 
 
@@ -131,6 +141,9 @@ def markdown(results: dict, figures: Dict[str, str]) -> str:
     for title, table in sections:
         if table:
             lines += [f"## {title}", "", *table, ""]
+    for c in checkpoints:
+        if c.get("error"):
+            lines += [f"**{c['name']} is incomplete** (its other tasks did not run): {c['error']}", ""]
     for title, path in figures.items():
         lines += [f"![{title}]({os.path.basename(path)})", ""]
     return "\n".join(lines)
@@ -150,17 +163,17 @@ def needle_heatmap(checkpoint: dict, path: str) -> Optional[str]:
     for ax, (kind, by_length) in zip(axes[0], needle.items()):
         lengths = sorted(by_length, key=int)
         depths = sorted({d for v in by_length.values() for d in v}, key=float)
-        grid = [[by_length[n].get(d, float("nan")) for n in lengths] for d in depths]
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        grid = [[by_length[n].get(d, math.nan) * ACCURACY_SCALE for n in lengths] for d in depths]  # percent
+        image = ax.imshow(grid, vmin=0, vmax=ACCURACY_SCALE, cmap="RdYlGn", aspect="auto", origin="upper")
         for y, row in enumerate(grid):
             for x, value in enumerate(row):
-                ax.text(x, y, _fmt(value, 100), ha="center", va="center", fontsize=8)
+                ax.text(x, y, "-" if math.isnan(value) else f"{value:.0f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(lengths)), [_length_name(int(n)) for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{float(d):g}%" for d in depths])
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("needle depth")
         ax.set_title(NEEDLE_NAMES.get(kind, kind))
-    fig.colorbar(image, ax=axes[0].tolist(), label="exact match")
+    fig.colorbar(image, ax=axes[0].tolist(), label="exact match (%)")
     fig.suptitle(label(checkpoint))
     _save(fig, path)
     return path

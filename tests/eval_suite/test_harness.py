@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.models.utils import postprocess_generated_text
 
-from eval_suite.harness import TitansHarnessLM, run_tasks, task_metrics
+from eval_suite.harness import TitansHarnessLM, check_tasks, run_tasks, task_metrics
 from eval_suite.model import EvalInputError
+from eval_suite.settings import LOCAL_TASKS
 from tests.pretrain.conftest import ROOT
 
 TASKS = ROOT / "tests" / "eval_suite" / "tasks"  # their data_files are relative to ROOT
@@ -187,6 +188,30 @@ def test_unknown_tasks_are_named_before_any_model_work():
         run_tasks(object(), ["piqa", "hellaswagg", "titans_test_mcc"], include_path=str(TASKS))
     with pytest.raises(EvalInputError, match="no such folder"):
         run_tasks(object(), ["piqa"], include_path=str(TASKS / "missing"))
+    # the caller's own tasks are offered too: eval_suite/run.py's needle, wikitext103, ...
+    with pytest.raises(EvalInputError, match=r"'needl' \(close: needle.*neither a local task \(wikitext103, "):
+        check_tasks(["titans_test_mc", "needl"], str(TASKS), LOCAL_TASKS)
+
+
+@pytest.mark.parametrize("task, message", [
+    ("titans_test_missing_data", r"'titans_test_missing_data': its data cannot be loaded \(FileNotFoundError: .*"
+                                 r"no_such_file.jsonl"),
+    ("titans_test_sampling", "'titans_test_sampling' asks for sampling"),
+])
+def test_tasks_that_cannot_run_are_named_before_any_model_work(offline, task, message):
+    """check_tasks builds lm-eval's task objects, so a dataset that cannot be loaded fails here."""
+    with pytest.raises(EvalInputError, match=f"lm-evaluation-harness task {message}"):
+        run_tasks(object(), ["titans_test_mc", task], include_path=str(TASKS))
+
+
+def test_built_tasks_are_reused(mag, offline):
+    """eval_suite/run.py builds the tasks once (check_tasks) and runs every checkpoint on them: the same
+    results as from the names, run after run."""
+    built = check_tasks(["titans_test_mc", "titans_test_gen"], str(TASKS))
+    assert [t.task_name for t in built] == ["titans_test_mc", "titans_test_gen"]
+    runs = [run_tasks(mag, tasks, include_path=str(TASKS), limit=3, bootstrap_iters=0)
+            for tasks in (built, built, ["titans_test_mc", "titans_test_gen"])]
+    assert runs[0] == runs[1] == runs[2]
 
 
 def test_command_line(checkpoints, tmp_path):

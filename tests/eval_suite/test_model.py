@@ -54,7 +54,7 @@ def test_bad_checkpoints_are_named(tmp_path, checkpoints):
     with pytest.raises(EvalInputError, match="no such folder"):
         EvalModel.load(str(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EvalInputError, match="neither a checkpoint folder"):
+    with pytest.raises(EvalInputError, match="neither a run folder with 'latest' nor an iter_NNNNNNN folder"):
         EvalModel.load(str(tmp_path / "empty"))
     with pytest.raises(EvalInputError, match="tokenizer .*no such file"):
         EvalModel.load(str(checkpoints["mag"]), tokenizer=str(tmp_path / "tok.model"))

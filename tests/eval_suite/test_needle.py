@@ -8,7 +8,7 @@ import re
 import pytest
 
 from eval_suite import needle
-from eval_suite.model import EvalInputError
+from eval_suite.model import Codec, EvalInputError
 
 LENGTHS = (256, 384, 512)  # the tiny tokenizer needs about 200 tokens for the instruction, needle and question
 DEPTHS = (0, 12.5, 50, 100)
@@ -100,6 +100,14 @@ def test_a_million_tokens_is_linear_work(mag, essay):
     ("quiet-rivers", "quiet-river", False),
     ("", "1234567", False),
     ("\n\n", "1234567", False),
+    # punctuation-only words before the answer are skipped (a model copying "is: {value}." writes ": ")
+    (": 6476798.", "6476798", True),
+    (":1234567.", "1234567", True),
+    (" - quiet-river", "quiet-river", True),
+    (": : 1234567", "1234567", True),
+    (":", "1234567", False),
+    (": is 1234567", "1234567", False),
+    (": 12345678.", "1234567", False),
 ])
 def test_exact_match(generated, answer, expected):
     assert needle.exact_match(generated, answer) is expected
@@ -123,10 +131,11 @@ def test_run_on_the_tiny_model(mag):
 
 
 class Reader:
-    """A model that finds the needle in its prompt and answers with it (``wrong``: a superstring)."""
+    """A model that finds the needle in its prompt and answers with it after ``prefix`` (``wrong``: a
+    superstring)."""
 
-    def __init__(self, model, wrong=False):
-        self.model, self.wrong, self.name = model, wrong, "reader"
+    def __init__(self, model, wrong=False, prefix=" "):
+        self.model, self.wrong, self.prefix, self.name = model, wrong, prefix, "reader"
         self.bos_id, self.eos_id = model.bos_id, model.eos_id
         self.encode, self.decode = model.encode, model.decode
 
@@ -134,12 +143,13 @@ class Reader:
         text = self.decode(prompt)
         key = re.search(r"What is the special magic \w+ for (\S+) mentioned", text).group(1)
         value = re.search(rf"One of the special magic \w+s for {re.escape(key)} is: (\S+)\.", text).group(1)
-        return self.encode(f" {value}{'0' if self.wrong else ''}. That is all.")[:max_new_tokens]
+        return self.encode(f"{self.prefix}{value}{'0' if self.wrong else ''}. That is all.")[:max_new_tokens]
 
 
-@pytest.mark.parametrize("wrong, expected", [(False, 1.0), (True, 0.0)])
-def test_the_pipeline_can_pass_and_fail(mag, wrong, expected):
-    result = needle.run(Reader(mag, wrong), needle.KINDS, [256], [0, 50, 100], samples=2, max_new_tokens=32,
+@pytest.mark.parametrize("wrong, prefix, expected", [(False, " ", 1.0), (True, " ", 0.0),
+                                                     (False, ": ", 1.0)])  # copies the needle's "is: {value}."
+def test_the_pipeline_can_pass_and_fail(mag, wrong, prefix, expected):
+    result = needle.run(Reader(mag, wrong, prefix), needle.KINDS, [256], [0, 50, 100], samples=2, max_new_tokens=32,
                         progress=False)
     assert all(v == expected for by_length in result["scores"].values() for by_depth in by_length.values()
                for v in by_depth.values())
@@ -165,3 +175,13 @@ def test_bad_inputs_are_named(mag, tmp_path):
     bad.write_text('{"text": "One. Two."}\nnot json\n')
     with pytest.raises(EvalInputError, match=re.escape(f"{bad} line 2: not JSON")):
         needle.generate(mag, "number", 256, 50, haystack=str(bad))
+
+
+def test_plan_needs_the_tokenizer_only(mag):
+    """eval_suite/run.py checks every layout with a checkpoint's tokenizer before building its model: the
+    same layouts as ``run`` makes with the model, and the same errors."""
+    codec = Codec(mag.tokenizer)
+    args = (["passkey", "word"], [256, 320], [0, 50], 2, 3)
+    assert needle.plan(codec, *args)[1] == needle.plan(mag, *args)[1]
+    with pytest.raises(EvalInputError, match="needle length 64 is too small for kind 'passkey'"):
+        needle.plan(codec, ["passkey"], [512, 64], [50], 1)

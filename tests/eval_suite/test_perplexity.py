@@ -3,6 +3,7 @@ windows cover every token once within the context, and bad files are named."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -35,6 +36,20 @@ def test_articles_split_at_top_level_headings(eval_data):
     assert all("= = Section = =" in a for a in articles)
 
 
+def test_every_article_is_heading_to_last_text_line(tmp_path):
+    """wiki.test.raw starts with a blank line: the first article is cut like every other one."""
+    path = tmp_path / "test.txt"
+    path.write_text(" \n = A = \n \n a b . \n \n = = S = = \n c \n \n = B = \n \n d e . \n \n", encoding="utf-8")
+    assert perplexity.wikitext_articles(str(path)) == [" = A = \n \n a b . \n \n = = S = = \n c ",
+                                                       " = B = \n \n d e . "]
+
+
+@pytest.mark.parametrize("text", [" = A = \n \n a b . ", "a  b\tc\n", "word"])
+def test_word_count_is_lm_evals(text):
+    """lm-eval's wikitext process_results: len(re.split(r"\\s+", page)) on the page as it is."""
+    assert perplexity.word_count(text) == len(re.split(r"\s+", text))
+
+
 @pytest.mark.parametrize("stride", [None, 5, 0])
 def test_wikitext_equals_a_direct_computation(mag, eval_data, stride):
     result = perplexity.wikitext(mag, str(eval_data), stride=stride, progress=False)
@@ -50,7 +65,7 @@ def test_wikitext_equals_a_direct_computation(mag, eval_data, stride):
                 b = min(a + step, len(seq))
                 total += logprobs(mag, seq[max(0, b - 1 - mag.max_length):b - 1], b - a, seq[a:b])
         tokens += len(seq) - 1
-        words += len(text.split())
+        words += len(re.split(r"\s+", text))  # lm-eval's word count
     assert result["tokens"] == tokens and result["words"] == words
     assert result["word_perplexity"] == pytest.approx(math.exp(-total / words), rel=1e-4)
     assert result["token_perplexity"] == pytest.approx(math.exp(-total / tokens), rel=1e-4)

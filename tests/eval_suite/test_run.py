@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from eval_suite import report
+from eval_suite import run as evaluation
 from tests.pretrain.conftest import ROOT
 
 TASKS_DIR = ROOT / "tests" / "eval_suite" / "tasks"
@@ -40,8 +41,10 @@ def babilong_dir(eval_data, tmp_path_factory):
 def evaluated(checkpoints, babilong_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_out")
     harness_task = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))[0]
-    proc = run("--checkpoint", checkpoints["mag"], "--checkpoint", checkpoints["transformer++"], "--data-dir",
-               babilong_dir, "--output", out, "--tasks", f"wikitext103,lambada,needle,babilong,{harness_task}", *FAST)
+    # an iteration folder given alone (named after its run and step); spaces and a trailing comma in --tasks
+    proc = run("--checkpoint", checkpoints["mag"], "--checkpoint", checkpoints["transformer++"] / "iter_0000008",
+               "--data-dir", babilong_dir, "--output", out, "--tasks",
+               f"wikitext103, lambada,needle , babilong,{harness_task},", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text()), harness_task
 
@@ -49,6 +52,9 @@ def evaluated(checkpoints, babilong_dir, tmp_path_factory):
 def test_results_hold_every_task_for_every_checkpoint(evaluated, checkpoints):
     out, results, harness_task = evaluated
     assert [c["variant"] for c in results["checkpoints"]] == ["mag", "transformer++"]
+    assert [c["name"] for c in results["checkpoints"]] == ["mag", "transformerpp@8"]
+    assert [c["log_dir"] for c in results["checkpoints"]] == [str(checkpoints[v] / "tensorboard")
+                                                             for v in ("mag", "transformer++")]  # absolute
     for c in results["checkpoints"]:
         r = c["results"]
         assert r["wikitext103"]["word_perplexity"] > 1 and 0 <= r["lambada"]["accuracy"] <= 1
@@ -108,3 +114,65 @@ def test_wrong_data_format_is_named(checkpoints, tmp_path):
     (tmp_path / "lambada_openai" / "test.jsonl").write_text('{"passage": "no text field here"}\n')
     proc = run("--checkpoint", checkpoints["mag"], "--tasks", "lambada", "--data-dir", tmp_path)
     assert proc.returncode == 2 and "test.jsonl line 1: expected a field 'text'" in proc.stderr
+
+
+def test_task_names_are_stripped():
+    assert evaluation.task_names(" needle, lambada,,") == ["needle", "lambada"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "needle", "--set", "needle.samples=0"], "needle.samples must be a number >= 1, got 0"),
+    (["--tasks", "needle", "--set", "needle.lengths=[256,64]"], "(iter_0000008): needle length 64 is too small"),
+    (["--tasks", "wikitext103", "--set", "perplexity.stride=33"], "perplexity.stride 33: more than the training "
+                                                                  "context of checkpoint"),
+    (["--tasks", "needle", "--output", "{file}"], "--output {file}: exists and is not a folder"),
+    (["--tasks", "needle", "--checkpoint", "{missing}"], "checkpoint {missing}: its 'latest' names 'iter_0000099'"),
+    (["--tasks", "babilong", "--set", "babilong.samples=0"], "babilong.samples must be a number >= 1"),
+    (["--tasks", "needle", "--set", "needle.haystack=\"{bad}\"", "--set", "needle.kinds=[\"word\"]"],
+     "needle haystack: {bad} line 1: not UTF-8"),
+])
+def test_inputs_fail_before_any_model_is_built(checkpoints, eval_data, tmp_path, capsys, args, message):
+    """In-process: main refuses with exit 2 before EvalModel.load, whose absence shows in stdout."""
+    paths = {"file": tmp_path / "results", "missing": tmp_path / "run", "bad": tmp_path / "hay.jsonl"}
+    paths["file"].write_text("")
+    paths["missing"].mkdir()
+    (paths["missing"] / "latest").write_text("iter_0000099")
+    paths["bad"].write_bytes(b"\xff\xfe")
+    args = [a.format(**paths) for a in args]
+    output = [] if "--output" in args else ["--output", str(tmp_path / "out")]
+    code = evaluation.main(["--checkpoint", str(checkpoints["mag"]), "--data-dir", str(eval_data), *output, *args])
+    captured = capsys.readouterr()
+    assert code == 2 and "error: " in captured.err and message.format(**paths) in captured.err, captured.err
+    assert "== " not in captured.out
+
+
+def test_a_late_failure_keeps_what_finished(checkpoints, mag, tmp_path, monkeypatch, capsys):
+    """A failure after the checks (here: the second checkpoint's BABILong) writes the first checkpoint's
+    results and the second's finished task, and says why the second is incomplete."""
+    import copy
+
+    from eval_suite.model import EvalInputError
+
+    def evaluate(model, config, data_dir, harness_tasks, out, log=print):
+        out["needle"] = {"scores": {"passkey": {"256": {"0": 1.0}}}, "records": [{"sample": 0}]}
+        if model.name != "mag":
+            raise EvalInputError("BABILong: a file went missing")
+        return out
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    monkeypatch.setattr(evaluation.EvalModel, "load", lambda path, batch_size, checked: copy.copy(mag))
+    out = tmp_path / "out"
+    code = evaluation.main(["--checkpoint", str(checkpoints["mag"]), "--checkpoint", str(checkpoints["mag"]),
+                            "--tasks", "needle", "--output", str(out)])
+    assert code == 2 and "error: BABILong: a file went missing" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())["checkpoints"]
+    assert [c["name"] for c in results] == ["mag", "mag-2"] and "error" not in results[0]
+    assert results[1]["error"] == "BABILong: a file went missing"
+    assert all(c["results"]["needle"] == {"passkey": {"256": {"0": 1.0}}} for c in results)
+    assert (out / "samples_mag-2.json").is_file() and "mag-2 is incomplete" in (out / "report.md").read_text()
+
+
+def test_log_dir_is_absolute(checkpoints, mag, monkeypatch):
+    """results.json's path is absolute: so is log_dir, found from a relative --checkpoint."""
+    monkeypatch.chdir(checkpoints["mag"].parent)
+    assert evaluation.find_log_dir("mag/iter_0000008", mag) == str(checkpoints["mag"] / "tensorboard")

@@ -1,0 +1,123 @@
+"""A checkpoint as eval_suite/run.py checks it before building any model: the ``iter_NNNNNNN`` folder it
+means, that the folder holds what loading reads (train_state.json, one model file per tensor-parallel
+rank it was saved at), the model's training context, and the tokenizer (found, checked against the
+run's shards, and loaded). Each failure names the checkpoint as given, once, and what was expected.
+
+Names (``Checkpoint.name``, a report's row, file names): a run folder (loaded at its ``latest``) is
+named after itself (``runs/mag`` -> ``mag``); an ``iter_NNNNNNN`` folder given alone after its run
+folder and step (``runs/mag/iter_0000040`` -> ``mag@40``), so that two runs' iterations, or two
+iterations of one run, stay apart.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from eval_suite.model import Codec, EvalInputError
+
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class Checkpoint:
+    path: str  # as given
+    folder: str  # the iter_NNNNNNN folder it means
+    label: str  # "checkpoint PATH" (+ " (iter_NNNNNNN)" when its latest chose the folder): errors start with it
+    name: str
+    step: int
+    seq_length: int
+    tokenizer: str  # its path
+    codec: Codec  # the tokenizer, loaded
+
+
+def check_folder(path: str) -> None:
+    """The check that needs no imports (pretrain.checkpoint's take seconds): eval_suite/run.py makes it
+    before the others, so a mistyped path fails at once."""
+    if not os.path.isdir(path):
+        raise EvalInputError(f"checkpoint {path}: no such folder")
+
+
+def _resolve(path: str):
+    """(the iter folder, whether ``path`` named it through its ``latest``)."""
+    from pretrain.checkpoint import LATEST, CheckpointError, latest_dir
+
+    check_folder(path)
+    try:
+        folder = latest_dir(path)
+    except CheckpointError:  # its message names the pointer's full path: say it relative to ours
+        with open(os.path.join(path, LATEST)) as f:
+            named = f.read().strip()
+        raise EvalInputError(f"checkpoint {path}: its '{LATEST}' names {named!r}, which does not exist") from None
+    if folder is None and not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise EvalInputError(f"checkpoint {path}: neither a run folder with '{LATEST}' nor an iter_NNNNNNN folder "
+                             f"with {STATE_FILE}")
+    return (folder, True) if folder else (path, False)
+
+
+def find_tokenizer(label: str, data_dir: str, explicit: Optional[str]) -> str:
+    """``explicit``, else the path the run's shard manifest records (data_prep writes it), checked
+    against the manifest's sha256."""
+    from data_prep.manifest import MANIFEST, file_sha256, read_json
+
+    try:
+        manifest = read_json(os.path.join(data_dir, MANIFEST)) if data_dir else None
+    except (ValueError, OSError) as e:
+        raise EvalInputError(f"{label}: the run's shard manifest {os.path.join(data_dir, MANIFEST)} is unreadable "
+                             f"({e}); pass --tokenizer PATH") from e
+    recorded = (manifest or {}).get("tokenizer", {})
+    path = explicit or recorded.get("path")
+    if not path:
+        raise EvalInputError(f"{label}: no tokenizer: the run's data.dir ({data_dir or 'unset'}) has no manifest "
+                             "naming one; pass --tokenizer PATH (the sentencepiece .model the shards were made with)")
+    if not os.path.isfile(path):
+        raise EvalInputError(f"tokenizer {path}: no such file" + ("" if explicit else f" (named by the shard manifest "
+                                                                  f"of {label}); pass --tokenizer PATH"))
+    if recorded.get("sha256") and file_sha256(path) != recorded["sha256"]:
+        raise EvalInputError(f"tokenizer {path} is not the one the shards of {label} were made with (sha256 differs)")
+    return path
+
+
+def _codec(path: str, label: str, vocab_size: int) -> Codec:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(path)
+    except (OSError, RuntimeError) as e:
+        raise EvalInputError(f"tokenizer {path}: not a sentencepiece model ({e})") from e
+    if sp.GetPieceSize() > vocab_size:
+        raise EvalInputError(f"tokenizer {path} has {sp.GetPieceSize()} pieces, the model of {label} {vocab_size}")
+    return Codec(sp)
+
+
+def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
+    """Everything about the checkpoint at ``path`` that can be known without building its model."""
+    from pretrain.config import ConfigError, config_from_dict
+    from pretrain.preflight import model_config_of
+
+    folder, via_latest = _resolve(path)
+    label = f"checkpoint {path}" + (f" ({os.path.basename(folder)})" if via_latest else "")
+    try:
+        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
+            saved = json.load(f)
+        step, config, tensor = int(saved["step"]), dict(saved["config"]), int(saved["layout"]["tensor"])
+    except (ValueError, OSError) as e:
+        raise EvalInputError(f"{label}: {STATE_FILE} is unreadable ({e})") from e
+    except (KeyError, TypeError) as e:
+        raise EvalInputError(f"{label}: {STATE_FILE} lacks step, config or layout.tensor ({e!r})") from e
+    missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
+    if missing:
+        raise EvalInputError(f"{label}: saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}")
+    # as pretrain/evaluate.py's restore builds it: in one process
+    here = {**config, "parallel": {**config.get("parallel", {}), "tensor": 1, "sequence": False}}
+    try:
+        train_config = config_from_dict(here, f"{label}: {STATE_FILE}")
+        model_config = model_config_of(train_config, perform_initialization=False)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise EvalInputError(f"{label}: its training configuration does not make a model ({e})") from e
+    tokenizer = find_tokenizer(label, train_config.data.dir, tokenizer)
+    codec = _codec(tokenizer, label, model_config.vocab_size)
+    run = os.path.basename(os.path.normpath(os.path.abspath(path)))
+    name = run if via_latest else f"{os.path.basename(os.path.dirname(os.path.abspath(folder)))}@{step}"
+    return Checkpoint(path, folder, label, name, step, model_config.seq_length, tokenizer, codec)
