@@ -155,11 +155,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
         return EXIT_REQUEUE
 
-    def signal_name() -> str:
-        return f"signal {signal.Signals(stop.signal).name}" if stop.signal is not None else "another rank"
+    def stop_reason(timed_out: bool = False, scheduled: bool = False) -> str:
+        if stop.signal is not None:
+            return f"signal {signal.Signals(stop.signal).name}"
+        return "run.max_minutes" if timed_out else "run.stop_at_step" if scheduled else "another rank"
 
     if dist_.any_rank(stop.signal is not None, layout):  # stopped while starting: no step to finish
-        return requeue(signal_name())
+        return requeue(stop_reason())
 
     bad_in_a_row, skipped, window_start, window_tokens = 0, 0, time.time(), 0
 
@@ -223,8 +225,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         timed_out = config.run.max_minutes is not None and time.time() - started > 60 * config.run.max_minutes
         scheduled = config.run.stop_at_step == step and step < train_steps
         if dist_.any_rank(stop.signal is not None or timed_out or scheduled, layout):
-            return requeue("run.max_minutes" if timed_out and stop.signal is None
-                           else "run.stop_at_step" if scheduled and stop.signal is None else signal_name())
+            return requeue(stop_reason(timed_out, scheduled))
         # Not inside a run of skipped steps: rotating checkpoints then could delete the last good ones.
         if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < train_steps \
                 and not bad_in_a_row:
