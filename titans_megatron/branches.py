@@ -86,6 +86,26 @@ class AttentionBranch(TensorParallelSharded):
         return out.transpose(1, 2)                                       # [b, s, H_l, d]
 
 
+def spread_across_heads(lo_hi, heads: int) -> torch.Tensor:
+    """``heads`` values log-spaced from lo_hi[0] to lo_hi[1] (their geometric mean for one head)."""
+    lo, hi = (math.log(x) for x in lo_hi)
+    if heads == 1:
+        return torch.tensor([math.exp((lo + hi) / 2)], dtype=torch.float64)
+    return torch.linspace(lo, hi, heads, dtype=torch.float64).exp()
+
+
+def initial_gate_bias(config) -> torch.Tensor:
+    """[H, 3] biases of theta, eta, alpha for all heads (every rank keeps its slice), choices of
+    docs/model.md: theta / lr_max and alpha spread across heads (config.memory_lr_init,
+    config.memory_forget_init), eta at 0.5. A larger eta (0.88) with lr_max 0.1 diverged at
+    initialisation on repetitive text (1K tokens, 4 fillers)."""
+    H = config.num_attention_heads
+    bias = torch.zeros(H, 3, dtype=torch.float64)
+    bias[:, 0] = torch.logit(spread_across_heads(config.memory_lr_init, H))
+    bias[:, 2] = torch.logit(spread_across_heads(config.memory_forget_init, H))
+    return bias.to(config.params_dtype)
+
+
 class MemoryBranch(TensorParallelSharded):
     """The memory layer of TITANS_SPEC section 2 up to the op's output (norm/gate/output come after):
 
@@ -101,10 +121,7 @@ class MemoryBranch(TensorParallelSharded):
         self.num_heads, self.head_dim = H_l, d
         self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
         self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads)
-        # Gate biases (choice): theta starts at lr_max / 2, eta at 0.5, alpha near 0.02. A larger eta
-        # (0.88) with lr_max 0.1 diverged at initialisation on repetitive text (1K tokens, 4 fillers).
-        biases = torch.tensor([0.0, 0.0, -4.0], dtype=config.params_dtype)
-        self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(biases.expand_as(t)))
+        self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(initial_gate_bias(config)))
         K = config.conv_kernel
         self.conv_weight = tensor_parallel_parameter(
             (H_l * 3 * d, K), 0, config, lambda t: nn.init.uniform_(t, -1 / math.sqrt(K), 1 / math.sqrt(K)))

@@ -3,7 +3,9 @@
 Invalid combinations fail at construction with a message naming the field.
 """
 
+import math
 from dataclasses import dataclass, fields
+from typing import Tuple
 
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -38,6 +40,12 @@ class TitansConfig(TransformerConfig):
     """Stability (choices; docs/model.md): L2-normalise the memory's values per head like its keys,
     and hand the op theta * (1 - eta) so that momentum averages surprises instead of summing them.
     Without both, training diverged in every recall run; False restores the spec's literal formulas."""
+    memory_forget_init: Tuple[float, float] = (1e-4, 2e-2)
+    """The forget gate alpha at initialisation, log-spaced across heads from the first value to the
+    second (choice, like Mamba's dt and Gated DeltaNet's A_log ranges): the first heads keep a token
+    for ~1 / alpha = 10K positions, the last for ~50. One value for all heads: give both equal."""
+    memory_lr_init: Tuple[float, float] = (0.5, 0.5)
+    """theta / lr_max at initialisation, log-spaced across heads like memory_forget_init."""
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
     memory_backend: str = "auto"
@@ -64,9 +72,21 @@ class TitansConfig(TransformerConfig):
     memory_enabled: bool = True
     """False removes the memory branch altogether (attention alone): the recall baseline."""
 
+    width_scaled_init: bool = False
+    """init_method_std = sqrt(2 / (5 hidden_size)) ("small init", Nguyen & Salazar 2019) instead of the
+    fixed init_method_std. Megatron's 0.02 suits widths near 2K; at the tiny presets' widths it makes
+    even full attention learn recall slowly (docs/model.md, initialisation)."""
+
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.width_scaled_init:
+            self.init_method_std = math.sqrt(2.0 / (5.0 * self.hidden_size))
+        for name in ("memory_forget_init", "memory_lr_init"):
+            lo_hi = tuple(getattr(self, name))
+            if len(lo_hi) != 2 or not all(0.0 < x < 1.0 for x in lo_hi):
+                raise ValueError(f"{name} must be two numbers in (0, 1), got {getattr(self, name)!r}")
+            setattr(self, name, lo_hi)
         super().__post_init__()
         if self.memory_backend not in MEMORY_BACKENDS:
             raise ValueError(f"memory_backend must be one of {list(MEMORY_BACKENDS)}, got {self.memory_backend!r}")

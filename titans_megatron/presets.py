@@ -10,7 +10,8 @@ from titans_megatron.config import COMMON_FIELDS
 # size: (hidden, heads, ffn_hidden, {variant: layers}, extra fields)
 SIZES = {
     "tiny": (128, 4, 352, {"transformer++": 2, "lmm": 2, "mag": 2, "mal": 2, "mac": 2},
-             dict(seq_length=256, window_size=64, segment_length=64, num_memory_tokens=16, num_persistent_tokens=8)),
+             dict(seq_length=256, window_size=64, segment_length=64, num_memory_tokens=16, num_persistent_tokens=8,
+                  width_scaled_init=True)),
     "170m": (768, 12, 2048, {"transformer++": 16, "lmm": 15, "mag": 13, "mal": 12, "mac": 11}, {}),
     "340m": (1024, 16, 2816, {"transformer++": 22, "lmm": 20, "mag": 16, "mal": 15, "mac": 14}, {}),
     "400m": (1024, 16, 2816, {"transformer++": 26, "lmm": 24, "mag": 19, "mal": 18, "mac": 17}, {}),

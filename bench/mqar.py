@@ -1,0 +1,277 @@
+"""Multi-query associative recall far past the attention window: does the memory remember?
+
+Every arm (a variant with its memory, the same without it, Transformer++ with full attention, the
+ablations) is trained from scratch at every point of the sweep (pairs D x gap G x seed) with the same
+budget: the same steps, batch, optimizer and schedule (the training recipe's AdamW, decay rule and
+warmup-cosine schedule from pretrain/optim.py), loss on the answer positions only. Accuracy is
+measured on held-out sequences that training never sees; a learning curve on a second held-out set
+says how many steps each arm needs. The gap is counted in multiples of the attention window, which
+the config sets equal to MAC's segment, so one axis serves every variant.
+
+Each finished run is appended to OUTPUT.jsonl at once; a rerun skips what is there (a sweep spans
+sessions) and rewrites the report (OUTPUT.md, OUTPUT.json, OUTPUT.png: median and range over seeds).
+
+    python bench/mqar.py --config configs/bench/mqar.json --output bench/results/mqar_cpu
+    python bench/mqar.py --config configs/bench/mqar.json --output bench/results/mqar_cpu --arms mag mag-off --pairs 8 --gaps 4
+"""
+
+import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
+_here = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+    sys.path[0] = os.path.dirname(_here)
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import statistics
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+from bench.config import read_config  # noqa: E402
+from bench.mqar_task import Vocab, loss_and_accuracy, make_batch, sequence_length  # noqa: E402
+from bench.outputs import cpu_description, write_report  # noqa: E402
+from pretrain.config import OptimSection  # noqa: E402
+from pretrain.optim import learning_rate, parameter_groups  # noqa: E402
+from titans_megatron import TitansConfig, build_model  # noqa: E402
+
+REQUIRED = ("model", "task", "optim", "train", "eval", "sweep", "arms")
+ROLES = ("ceiling", "memory", "floor", "ablation")
+
+
+def check_config(cfg: dict, path: str) -> None:
+    model = cfg["model"]
+    if model.get("window_size") != model.get("segment_length"):
+        raise SystemExit(f"{path}: model.window_size ({model.get('window_size')}) must equal model.segment_length "
+                         f"({model.get('segment_length')}): the gap is counted in windows for every variant")
+    for name, arm in cfg["arms"].items():
+        if arm.get("role") not in ROLES:
+            raise SystemExit(f"{path}: arms.{name}.role must be one of {list(ROLES)}, got {arm.get('role')!r}")
+        if "variant" not in arm:
+            raise SystemExit(f"{path}: arms.{name} has no 'variant'")
+    for key in ("pairs", "gap_windows", "seeds"):
+        if not cfg["sweep"].get(key):
+            raise SystemExit(f"{path}: sweep.{key} must be a non-empty list")
+
+
+def model_config(cfg: dict, arm: dict, seq_length: int) -> TitansConfig:
+    fields = dict(cfg["model"], **arm.get("overrides", {}), seq_length=seq_length,
+                  vocab_size=Vocab.from_task(cfg["task"]).size)
+    return TitansConfig.from_preset("tiny", variant=arm["variant"], **fields)
+
+
+def evaluate(model, vocab, pairs, gap, pad_to, sequences, batch, seed) -> float:
+    """Accuracy over ``sequences`` held-out sequences drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    correct = total = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, sequences, batch):
+            ids, pos, ans = make_batch(vocab, pairs, gap, min(batch, sequences - start), pad_to, generator)
+            _, acc = loss_and_accuracy(model(ids), pos, ans)
+            correct += acc.item() * ans.numel()
+            total += ans.numel()
+    model.train()
+    return correct / total
+
+
+# Held-out sets come from seeds no training stream uses.
+VALIDATION_SEED, TEST_SEED = 1_000_003, 2_000_003
+
+
+def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int, log) -> dict:
+    """Train one arm at one point from scratch; its held-out accuracy and learning curve."""
+    arm, task, train = cfg["arms"][arm_name], cfg["task"], cfg["train"]
+    vocab, pad_to = Vocab.from_task(task), task["pad_to"]
+    gap = gap_windows * cfg["model"]["window_size"]
+    T = sequence_length(pairs, gap, pad_to)
+    model = build_model(model_config(cfg, arm, T), seed=seed)
+    optim = OptimSection(**cfg["optim"])
+    opt = torch.optim.AdamW(parameter_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    data = torch.Generator().manual_seed(seed * 7919 + pairs * 104729 + gap)
+    steps, curve, skipped, start = train["steps"], [], 0, time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, optim, steps)
+        ids, pos, ans = make_batch(vocab, pairs, gap, train["batch"], pad_to, data)
+        logits = model(ids)
+        loss, acc = loss_and_accuracy(logits, pos, ans)
+        if train.get("lm_loss_weight"):
+            loss = loss + train["lm_loss_weight"] * torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip or float("inf"))
+        if torch.isfinite(norm):
+            opt.step()
+        else:  # as the trainer does: a non-finite step is skipped and counted
+            skipped += 1
+        done = step + 1
+        if done % train["eval_every"] == 0 or done == steps:
+            val = evaluate(model, vocab, pairs, gap, pad_to, cfg["eval"]["curve_sequences"], cfg["eval"]["batch"],
+                           VALIDATION_SEED + seed)
+            curve.append([done, round(val, 4)])
+            rate = done / (time.time() - start)
+            log(f"  {arm_name} D={pairs} G={gap} seed={seed}: step {done}/{steps} loss {loss.item():.3f} "
+                f"train acc {acc.item():.2f} held-out {val:.3f}  {rate:.2f} steps/s, ETA {(steps - done) / rate:.0f}s")
+    accuracy = evaluate(model, vocab, pairs, gap, pad_to, cfg["eval"]["sequences"], cfg["eval"]["batch"], TEST_SEED + seed)
+    return {"arm": arm_name, "pairs": pairs, "gap_windows": gap_windows, "gap": gap, "seq_length": T, "seed": seed,
+            "steps": steps, "accuracy": round(accuracy, 4), "curve": curve, "skipped_steps": skipped,
+            "train_seconds": round(time.time() - start, 1)}
+
+
+def config_hash(cfg: dict) -> str:
+    """What a finished run depends on besides its own point and arm: results of another model,
+    task or recipe are not mixed into one table."""
+    shared = {k: cfg[k] for k in ("model", "task", "optim", "train", "eval")}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_runs(path: str) -> list:
+    if not os.path.exists(path):
+        return []
+    runs = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    runs.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{path}:{n}: not a JSON line ({e}); remove or fix that line to continue")
+    return runs
+
+
+def steps_to(curve, threshold):
+    return next((step for step, acc in curve if acc >= threshold), None)
+
+
+def summarise(runs: list, cfg: dict) -> list:
+    """One row per (arm, pairs, gap): median, min and max accuracy over seeds."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["arm"], r["pairs"], r["gap_windows"]), []).append(r)
+    arm_order = list(cfg["arms"])
+    rows = []
+    for (arm, pairs, gw), rs in sorted(groups.items(), key=lambda kv: (arm_order.index(kv[0][0]) if kv[0][0] in arm_order
+                                                                          else len(arm_order), kv[0][1], kv[0][2])):
+        accs = [r["accuracy"] for r in rs]
+        reached = [steps_to(r["curve"], cfg["report"]["threshold"]) for r in rs]
+        rows.append({"arm": arm, "role": cfg["arms"].get(arm, {}).get("role", "?"), "pairs": pairs, "gap_windows": gw,
+                     "gap": rs[0]["gap"], "seeds": sorted(r["seed"] for r in rs), "median": statistics.median(accs),
+                     "min": min(accs), "max": max(accs), "steps_to_threshold": reached,
+                     "skipped_steps": sum(r["skipped_steps"] for r in rs)})
+    return rows
+
+
+def markdown(rows: list, cfg: dict, args, hash_: str) -> str:
+    threshold = cfg["report"]["threshold"]
+    lines = [f"# MQAR far past the attention window ({datetime.date.today().isoformat()})", "",
+             f"- command: `python bench/mqar.py {' '.join(sys.argv[1:])}`",
+             f"- machine: {cpu_description()}, torch {torch.__version__}",
+             f"- config `{args.config}` (hash {hash_}): model {json.dumps(cfg['model'])}; task {json.dumps(cfg['task'])}; "
+             f"optim {json.dumps(cfg['optim'])}; train {json.dumps(cfg['train'])}",
+             f"- window = segment = {cfg['model']['window_size']} tokens; gap G = filler tokens between the last pair "
+             f"and the first query; accuracy = argmax over the whole vocabulary at the answer positions, on "
+             f"{cfg['eval']['sequences']} held-out sequences per run; median [min, max] over seeds",
+             f"- steps to {threshold}: first evaluation (every {cfg['train']['eval_every']} steps, "
+             f"{cfg['eval']['curve_sequences']} other held-out sequences) at or above it, per seed; - = not within the budget",
+             "", "| arm | role | pairs | gap (windows) | gap (tokens) | accuracy median [min, max] | seeds | "
+             f"steps to {threshold} | skipped steps |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reached = ", ".join("-" if s is None else str(s) for s in r["steps_to_threshold"])
+        lines.append(f"| {r['arm']} | {r['role']} | {r['pairs']} | {r['gap_windows']} | {r['gap']} | "
+                     f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}] | {len(r['seeds'])} | {reached} | "
+                     f"{r['skipped_steps']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list, path: str) -> None:
+    """Accuracy against gap, a line per arm (median, range as error bars), a panel per pair count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pair_counts = sorted({r["pairs"] for r in rows})
+    fig, axes = plt.subplots(1, len(pair_counts), figsize=(4.5 * len(pair_counts), 3.8), squeeze=False,
+                             constrained_layout=True)
+    for ax, pairs in zip(axes[0], pair_counts):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            pts = sorted((r["gap_windows"], r) for r in rows if r["arm"] == arm and r["pairs"] == pairs)
+            if not pts:
+                continue
+            x = [g for g, _ in pts]
+            med = [r["median"] for _, r in pts]
+            err = [[r["median"] - r["min"] for _, r in pts], [r["max"] - r["median"] for _, r in pts]]
+            style = "--" if pts[0][1]["role"] == "floor" else "-"
+            ax.errorbar(x, med, yerr=err, label=arm, linestyle=style, marker="o", capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("gap (attention windows)")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{pairs} pairs")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/bench/mqar.json")
+    p.add_argument("--output", required=True, help="OUTPUT.jsonl (runs), OUTPUT.md/.json/.png (report)")
+    p.add_argument("--arms", nargs="+", help="a subset of the config's arms")
+    p.add_argument("--pairs", nargs="+", type=int, help="a subset of sweep.pairs")
+    p.add_argument("--gaps", nargs="+", type=int, help="a subset of sweep.gap_windows")
+    p.add_argument("--seeds", nargs="+", type=int, help="a subset of sweep.seeds")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from OUTPUT.jsonl")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    cfg = read_config(args.config, REQUIRED, precision=False)
+    check_config(cfg, args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arms = args.arms or list(cfg["arms"])
+    unknown = [a for a in arms if a not in cfg["arms"]]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; the config has {list(cfg['arms'])}")
+    sweep = cfg["sweep"]
+    points = [(a, d, g, s) for d in (args.pairs or sweep["pairs"]) for g in (args.gaps or sweep["gap_windows"])
+              for s in (args.seeds or sweep["seeds"]) for a in arms]
+    hash_ = config_hash(cfg)
+    runs_path = args.output + ".jsonl"
+    runs = [r for r in read_runs(runs_path) if r.get("config_hash") == hash_]
+    done = {(r["arm"], r["pairs"], r["gap_windows"], r["seed"]) for r in runs}
+    todo = [pt for pt in points if pt not in done] if not args.report_only else []
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
+    log(f"{len(points)} runs asked, {len(points) - len(todo)} already in {runs_path}, {len(todo)} to train")
+    start = time.time()
+    for i, (arm, pairs, gw, seed) in enumerate(todo):
+        result = dict(run_point(cfg, arm, pairs, gw, seed, log), config_hash=hash_)
+        os.makedirs(os.path.dirname(runs_path) or ".", exist_ok=True)
+        with open(runs_path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        runs.append(result)
+        per_run = (time.time() - start) / (i + 1)
+        log(f"{arm} D={pairs} gap={gw} windows seed={seed}: accuracy {result['accuracy']:.3f} "
+            f"({i + 1}/{len(todo)} runs, ETA {per_run * (len(todo) - i - 1) / 60:.0f} min)")
+    rows = summarise(runs, cfg)
+    table = markdown(rows, cfg, args, hash_)
+    print(table)
+    write_report(args.output, table, {"config": cfg, "config_hash": hash_, "rows": rows})
+    if rows:
+        plot(rows, args.output + ".png")
+
+
+if __name__ == "__main__":
+    main()

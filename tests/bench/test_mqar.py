@@ -1,0 +1,102 @@
+"""The MQAR benchmark: the generator is deterministic and lays out what its docstring says, the scorer
+is exact, and the sweep resumes from its runs file and writes its report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.mqar_task import BOS, Vocab, loss_and_accuracy, make_batch, sequence_length
+from tests.bench.scripts import ROOT, load_script
+
+VOCAB = Vocab(keys=20, values=24, filler=7)
+
+
+@pytest.mark.parametrize("pairs,gap,pad_to", [(1, 0, 1), (4, 16, 16), (8, 33, 16), (20, 5, 32)])
+def test_layout(pairs, gap, pad_to):
+    ids, pos, ans = make_batch(VOCAB, pairs, gap, 6, pad_to, torch.Generator().manual_seed(pairs + gap))
+    T = sequence_length(pairs, gap, pad_to)
+    assert ids.shape == (6, T) and T % pad_to == 0 and T >= 1 + 4 * pairs + gap
+    assert pos.shape == ans.shape == (6, pairs)
+    for b in range(6):
+        row = ids[b].tolist()
+        assert row[0] == BOS
+        keys, values = row[1:1 + 2 * pairs:2], row[2:2 + 2 * pairs:2]
+        assert all(VOCAB.key0 <= k < VOCAB.value0 for k in keys) and len(set(keys)) == pairs
+        assert all(VOCAB.value0 <= v < VOCAB.filler0 for v in values) and len(set(values)) == pairs
+        binding = dict(zip(keys, values))
+        rest = [t for i, t in enumerate(row) if i > 2 * pairs and i not in pos[b].tolist()]
+        assert all(VOCAB.filler0 <= t < VOCAB.size for t in rest), "only filler between and after the queries"
+        asked = [row[p] for p in pos[b].tolist()]
+        assert sorted(asked) == sorted(keys), "every key asked once"
+        assert [binding[k] for k in asked] == ans[b].tolist()
+        assert min(pos[b].tolist()) - 2 * pairs - 1 == gap, "G filler tokens between the last pair and the first query"
+        assert not set(ans[b].tolist()) & set(row[2 * pairs + 1:]), "no answer appears as an input after the pairs"
+
+
+def test_deterministic_by_seed():
+    a = make_batch(VOCAB, 8, 16, 4, 16, torch.Generator().manual_seed(3))
+    b = make_batch(VOCAB, 8, 16, 4, 16, torch.Generator().manual_seed(3))
+    c = make_batch(VOCAB, 8, 16, 4, 16, torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_bad_task_is_refused():
+    with pytest.raises(ValueError, match="at least as many keys"):
+        make_batch(VOCAB, 21, 4, 1, 1, torch.Generator())
+    with pytest.raises(ValueError, match="gap"):
+        make_batch(VOCAB, 2, -1, 1, 1, torch.Generator())
+
+
+def test_scorer_is_exact():
+    ids, pos, ans = make_batch(VOCAB, 4, 8, 3, 16, torch.Generator().manual_seed(0))
+    logits = torch.randn(3, ids.shape[1], VOCAB.size, generator=torch.Generator().manual_seed(1))
+    # Make exactly the first two answers of every row the argmax, and the other two not.
+    for b in range(3):
+        for j in range(4):
+            row = logits[b, pos[b, j]]
+            row[ans[b, j]] = row.max() + 1.0 if j < 2 else row.min() - 1.0
+    loss, acc = loss_and_accuracy(logits, pos, ans)
+    assert acc.item() == 0.5
+    picked = torch.stack([logits[b, pos[b]] for b in range(3)])
+    expected = -torch.log_softmax(picked, -1).gather(-1, ans[..., None]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sweep_resumes_and_reports(tmp_path):
+    """Two arms, one point, a few steps: runs are appended, a rerun trains nothing, the report holds
+    a row per arm and the plot is written; a different config does not reuse the runs."""
+    cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
+    cfg["train"].update(steps=4, eval_every=2)
+    cfg["eval"].update(sequences=8, curve_sequences=8, batch=8)
+    cfg["arms"] = {k: cfg["arms"][k] for k in ("lmm", "lmm-off")}
+    path = tmp_path / "mqar.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "bench" / "mqar.py"), "--config", str(path), "--output", str(out),
+           "--pairs", "4", "--gaps", "2", "--seeds", "0", "--threads", "1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr
+    runs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["arm"] for r in runs] == ["lmm", "lmm-off"] and all(len(r["curve"]) == 2 for r in runs)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert "0 to train" in again.stderr and len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert [r["arm"] for r in report["rows"]] == ["lmm", "lmm-off"]
+    assert (tmp_path / "out.png").stat().st_size > 0 and "| lmm-off | floor | 4 | 2 |" in (tmp_path / "out.md").read_text()
+    mq = load_script("mqar")
+    changed = dict(cfg, train=dict(cfg["train"], steps=5))
+    assert mq.config_hash(changed) != report["config_hash"]
+
+
+def test_config_errors_name_the_field(tmp_path):
+    cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
+    cfg["model"]["segment_length"] = 32
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "mqar.py"), "--config", str(path), "--output",
+                             str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0 and "window_size" in result.stderr and "segment_length" in result.stderr
