@@ -37,18 +37,20 @@ def attention_mask(num_queries: int, num_prefix: int, window: Optional[int], dev
 
 
 @functools.lru_cache(maxsize=64)
-def _flex_block_mask(num_queries, num_prefix, num_keys, window, query_offset, device):
+def _flex_block_mask(num_queries, num_prefix, num_keys, window, query_offset, device, aligned=False):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         k_pos, q_pos = kv_idx - num_prefix, q_idx + query_offset
+        if aligned:  # the second block of keys sits at the positions of the first
+            k_pos = k_pos - (k_pos >= num_keys).to(k_pos.dtype) * num_keys
         allowed = (kv_idx < num_prefix) | (k_pos <= q_pos)
         if window is not None:
             allowed = (kv_idx < num_prefix) | ((k_pos <= q_pos) & (q_pos - k_pos < window))
         return allowed
 
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=num_queries, KV_LEN=num_prefix + num_keys,
-                             device=device)
+    kv_len = num_prefix + num_keys * (2 if aligned else 1)
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=num_queries, KV_LEN=kv_len, device=device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,18 +67,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0,
-                       backend: str = "auto"):
-    """softmax(q k^T / sqrt(d)) v over [prefix || keys], masked as ``attention_mask`` says.
+                       backend: str = "auto", aligned_k=None, aligned_v=None):
+    """softmax(q k^T / sqrt(d)) v over [prefix || keys || aligned], masked as ``attention_mask`` says.
 
-    q: [B, H, Tq, d]; k, v: [B, H, Tk, d]; prefix_k/v: [B, H, P, d] or None.
+    q: [B, H, Tq, d]; k, v: [B, H, Tk, d]; prefix_k/v: [B, H, P, d] or None; aligned_k/v: [B, H, Tk, d]
+    or None, a second key per position (MAC's own-query retrievals), masked like the key at its position.
     """
     num_prefix = 0 if prefix_k is None else prefix_k.shape[2]
     num_keys = k.shape[2]
-    if num_prefix:
-        k = torch.cat([prefix_k, k], dim=2)
-        v = torch.cat([prefix_v, v], dim=2)
+    aligned = aligned_k is not None
+    k = torch.cat([t for t in (prefix_k, k, aligned_k) if t is not None], dim=2)
+    v = torch.cat([t for t in (prefix_v, v, aligned_v) if t is not None], dim=2)
     if resolve_backend(backend, q.device) == "flex":
-        block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device))
+        block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device), aligned)
         return _flex_kernel(q.device.type == "cuda")(q, k, v, block_mask=block_mask)
     mask = attention_mask(q.shape[2], num_prefix, window, q.device, query_offset, num_keys)
+    if aligned:
+        mask = torch.cat([mask, mask[:, num_prefix:]], dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -61,9 +61,15 @@ class AttentionBranch(TensorParallelSharded):
         self.config, self.window, self.head_dim = config, window, config.head_dim
         self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, x, prefix=None, position_offset: int = 0, cache=None):
+    def forward(self, x, prefix=None, position_offset: int = 0, cache=None, aligned=None):
         """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
-        start; it keeps the rotated keys and values a later query can still see, and the position)."""
+        start; it keeps the rotated keys and values a later query can still see, and the position).
+        ``aligned``: None, or tokens [s, b, h] in hidden space, one per token of x, each seen (unrotated)
+        by the queries that see the token at its position (MAC's own-query retrievals)."""
+        aligned_kv = None
+        if aligned is not None:
+            akv = heads(self.linear_qkv(aligned)[0], 3, self.head_dim)
+            aligned_kv = [t.transpose(1, 2) for t in akv.unbind(3)[1:]]     # k, v: [b, H_l, s, d]
         qkv = heads(project_with_prefix(self.linear_qkv, x, prefix), 3, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))             # [b, H_l, P + s, d]
         P = 0 if prefix is None else prefix.shape[0]
@@ -77,11 +83,16 @@ class AttentionBranch(TensorParallelSharded):
         if cache is not None and "k" in cache:
             seen = cache["k"].shape[2]
             ks, vs = torch.cat([cache["k"], ks], dim=2), torch.cat([cache["v"], vs], dim=2)
+            if aligned_kv is not None:
+                aligned_kv = [torch.cat([cache[name], t], dim=2) for name, t in zip(("ak", "av"), aligned_kv)]
+        aligned_k, aligned_v = aligned_kv if aligned_kv is not None else (None, None)
         out = prefixed_attention(qs, ks, vs, k[:, :, :P], v[:, :, :P], self.window, query_offset=seen,
-                                 backend=self.config.attention_backend)
+                                 backend=self.config.attention_backend, aligned_k=aligned_k, aligned_v=aligned_v)
         if cache is not None:
             keep = ks.shape[2] if self.window is None else min(ks.shape[2], self.window - 1)
             cache["k"], cache["v"] = ks[:, :, ks.shape[2] - keep:], vs[:, :, vs.shape[2] - keep:]
+            if aligned_kv is not None:
+                cache["ak"], cache["av"] = (t[:, :, t.shape[2] - keep:] for t in aligned_kv)
             cache["pos"] = position_offset + s
         return out.transpose(1, 2)                                       # [b, s, H_l, d]
 

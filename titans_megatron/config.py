@@ -13,6 +13,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
 
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
+MAC_RETRIEVALS = ("previous_segment", "own_query")
 
 
 @dataclass
@@ -58,7 +59,12 @@ class TitansConfig(TransformerConfig):
     segment_length: int = 512
     """MAC segment length C."""
     num_memory_tokens: int = 256
-    """MAC memory tokens N_l retrieved per segment."""
+    """MAC memory tokens N_l retrieved per segment (mac_retrieval "previous_segment")."""
+    mac_retrieval: str = "previous_segment"
+    """How MAC reads its memory for segment i (from the memory after segment i-1): "previous_segment",
+    N_l tokens with the memory queries of the last N_l positions of segment i-1 (learned queries for
+    segment 0); "own_query", the paper's h_t = M*_{i-1}(q_t): one token per position, with its own
+    query, which attention lets only that position and later ones of the segment see."""
     rotary_base: float = 10000.0
     attention_backend: str = "auto"
     """sdpa, flex (flex_attention, compiled on CUDA) or auto (sdpa until flex is validated on a GPU)."""
@@ -90,6 +96,8 @@ class TitansConfig(TransformerConfig):
         super().__post_init__()
         if self.memory_backend not in MEMORY_BACKENDS:
             raise ValueError(f"memory_backend must be one of {list(MEMORY_BACKENDS)}, got {self.memory_backend!r}")
+        if self.mac_retrieval not in MAC_RETRIEVALS:
+            raise ValueError(f"mac_retrieval must be one of {list(MAC_RETRIEVALS)}, got {self.mac_retrieval!r}")
         if self.attention_backend not in ("auto", "sdpa", "flex"):
             raise ValueError(f"attention_backend must be one of ['auto', 'sdpa', 'flex'], got {self.attention_backend!r}")
         if self.make_vocab_size_divisible_by % self.tensor_model_parallel_size:
@@ -136,6 +144,18 @@ class TitansConfig(TransformerConfig):
     @property
     def effective_persistent_tokens(self) -> int:
         return self.num_persistent_tokens if self.persistent_memory and self.variant != "transformer++" else 0
+
+    @property
+    def mac_memory_keys(self) -> float:
+        """Memory tokens a MAC query attends to, on average over a segment."""
+        if not self.has_memory:
+            return 0.0
+        return (self.segment_length + 1) / 2 if self.mac_retrieval == "own_query" else float(self.num_memory_tokens)
+
+    @property
+    def mac_retrievals_per_token(self) -> float:
+        """Memory reads (and memory-token projections) per token of a MAC segment."""
+        return 1.0 if self.mac_retrieval == "own_query" else self.num_memory_tokens / self.segment_length
 
     @property
     def has_memory(self) -> bool:

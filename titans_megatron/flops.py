@@ -2,13 +2,15 @@
 what an implementation does (no recomputation, no padding).
 
     6 x (matrices applied to every token: all 2-D weights but the input embedding table, which is a
-         lookup, and the depthwise conv; MAC's memory-token projection counts N_l / C of its size)
+         lookup, and the depthwise conv; MAC's memory-token projection counts its reads per token)
   + attention: 12 x hidden x (mean keys a query attends to), per attention layer (QK^T and AV, fwd+bwd)
   + memory: 3 x the memory op's forward model (kernels/memory_op/flops.py) x heads, per memory layer,
-    and for MAC the retrieval of N_l memory tokens per segment (3 x 2 x the MLP's weights per token)
+    and for MAC the retrieval of its memory tokens (N_l per segment, or one per token for own-query
+    retrieval; 3 x 2 x the MLP's weights per token read)
 
 Mean keys per query: Transformer++ (T + 1) / 2; MAG / MAL a causal window w plus the persistent prefix;
-MAC a causal segment C plus the persistent and memory tokens; LMM none.
+MAC a causal segment C plus the persistent and memory tokens (N_l, or for own-query retrieval a causal
+block of C); LMM none.
 
 The memory forward is exactly the torch backend's matmuls (tests/titans_megatron/test_flops.py checks
 both terms against torch's FLOP counter); Transformer++'s count (6N + causal attention) is the standard
@@ -29,7 +31,7 @@ def mean_attended_keys(config: TitansConfig) -> float:
         w = min(config.window_size, T)
         return (w * (w + 1) / 2 + (T - w) * w) / T + P
     C = config.segment_length
-    return (C + 1) / 2 + P + (config.num_memory_tokens if config.has_memory else 0)
+    return (C + 1) / 2 + P + config.mac_memory_keys
 
 
 def training_flops_per_token(config: TitansConfig, matmul_parameters: int) -> float:
@@ -40,7 +42,7 @@ def training_flops_per_token(config: TitansConfig, matmul_parameters: int) -> fl
         per_head = memory_forward_flops(d, depth, E, config.memory_chunk_size)
         if config.variant == "mac":
             weights = d * d if depth == 1 else 2 * E * d * d + (depth - 2) * E * E * d * d
-            per_head += 2 * weights * config.num_memory_tokens / config.segment_length
+            per_head += 2 * weights * config.mac_retrievals_per_token
         flops += layers * 3.0 * per_head * config.num_attention_heads
     return flops
 
@@ -60,7 +62,7 @@ def matmul_parameters(model) -> float:
         if p.dim() != 2 or any(part in name for part in NOT_MATMUL_WEIGHTS):
             continue
         size = p.numel() * (tp if getattr(p, "tensor_model_parallel", False) else 1)
-        if "memory_token_proj" in name:  # applied to the N_l memory tokens of each segment of C
-            size *= config.num_memory_tokens / config.segment_length
+        if "memory_token_proj" in name:  # applied to the memory tokens of each segment of C
+            size *= config.mac_retrievals_per_token
         total += size
     return total

@@ -7,8 +7,10 @@ Choices made here (documented in docs/model.md):
 - LMM output: ``o = RMSNorm(y) * SiLU(x W_gate)`` (spec section 2).
 - MAL: the memory layer reads [persistent || x]; its output attends with the persistent tokens as the
   always-visible prefix.
-- MAC: memory tokens for segment i are read from the memory after segment i-1 with the memory queries
-  of the last N_l positions of segment i-1 (learned queries for segment 0); the memory is written with
+- MAC: memory tokens for segment i are read from the memory after segment i-1, either (mac_retrieval
+  "previous_segment") with the memory queries of the last N_l positions of segment i-1 (learned queries
+  for segment 0), or ("own_query", the paper's h_t = M*_{i-1}(q_t) made causal) one per position with
+  its own query, seen only by that position and later ones of the segment; the memory is written with
   the attention output (projected back to hidden space); the combine uses each token's own retrieval
   (the op's output after that token's update), so nothing reads later tokens of the segment.
 """
@@ -154,12 +156,15 @@ class MACMixer(Mixer):
         inner = dataclasses.replace(config, sequence_parallel=False) if config.sequence_parallel else config
         self.attention = AttentionBranch(inner, window=None)
         self.attention_proj = row_linear(inner)
+        self.own_query = config.mac_retrieval == "own_query"
         if config.has_memory:
             self.memory = MemoryBranch(inner)
             self.memory_token_proj = row_linear(inner)
             H_l, d = config.num_attention_heads // tp_size(), config.head_dim
+        if config.has_memory and not self.own_query:
             self.first_queries = tensor_parallel_parameter(
                 (config.num_memory_tokens, H_l, d), 1, config, lambda t: t.copy_(F.normalize(torch.randn_like(t), dim=-1)))
+        if config.has_memory:
             self.norm_y, self.norm_m = head_norm(config), head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
@@ -178,7 +183,8 @@ class MACMixer(Mixer):
         C, N_l = cfg.segment_length, cfg.num_memory_tokens
         persistent = self.prefix()
         persistent = None if persistent is None else persistent.expand(-1, b, -1)
-        use_tokens = cfg.has_memory and N_l > 0
+        use_tokens = cfg.has_memory and N_l > 0 and not self.own_query
+        own = cfg.has_memory and self.own_query
         if cfg.has_memory:
             (x_queries, *_), st["x_conv"] = self.memory.inputs(x, conv_state=st.get("x_conv"))
 
@@ -187,9 +193,13 @@ class MACMixer(Mixer):
             if (pos + i) % C == 0:  # a segment starts: fresh attention cache, memory tokens from M_{i-1}
                 st["segment"] = {"pos": pos + i}
                 st["tokens"] = self.memory_tokens(b, pos + i, st, x_queries[:, :i]) if use_tokens else None
+                st["segment_memory"] = st.get("y_memory", {}).get("memory")
             take = min(C - (pos + i) % C, s - i)
             prefix = [t for t in (persistent, st["tokens"]) if t is not None]
-            y = self.attention(x[i:i + take], torch.cat(prefix) if prefix else None, cache=st["segment"])
+            # own_query: each position's retrieval M*_{i-1}(q_j), seen by positions >= j of the segment.
+            aligned = self.own_retrievals(x_queries[:, i:i + take], st["segment_memory"]) if own else None
+            y = self.attention(x[i:i + take], torch.cat(prefix) if prefix else None, cache=st["segment"],
+                               aligned=aligned)
             if cfg.has_memory:
                 y_hidden, _ = self.attention_proj(merge_heads(y))
                 m = self.memory(y_hidden, None, state=st.setdefault("y_memory", {}))
@@ -200,6 +210,11 @@ class MACMixer(Mixer):
             st["queries"] = self.recent_queries(st, x_queries)
         st["pos"] = pos + s
         return self.project_out(torch.cat(outs, dim=1))  # reduce-scatters back under sequence parallelism
+
+    def own_retrievals(self, queries, segment_memory):
+        """[take, b, h]: the memory after the previous segment read with each position's own query."""
+        tokens, _ = self.memory_token_proj(merge_heads(self.memory.retrieve(queries, segment_memory)))
+        return tokens
 
     def recent_queries(self, st, new):
         """The memory queries of the last N_l inputs seen (earlier pieces included)."""

@@ -4,7 +4,9 @@ import warnings
 
 from titans_megatron import TitansConfig
 
-VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac"]
+VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac", "mac-own"]
+# Test names for a variant with a non-default option: (variant, config fields).
+OPTIONS = {"mac-own": ("mac", {"mac_retrieval": "own_query"})}
 
 
 def small_config(variant, **overrides):
@@ -12,5 +14,6 @@ def small_config(variant, **overrides):
     fields = dict(hidden_size=64, num_attention_heads=2, ffn_hidden_size=128, num_layers=2, vocab_size=97,
                   seq_length=64, window_size=16, segment_length=16, num_memory_tokens=4,
                   num_persistent_tokens=4, memory_chunk_size=4)
-    fields.update(overrides)
+    variant, options = OPTIONS.get(variant, (variant, {}))
+    fields.update(options, **overrides)
     return TitansConfig.from_preset("tiny", variant=variant, **fields)

@@ -31,6 +31,28 @@ def test_kernels_agree(window, prefix, offset):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend}: {m}")
 
 
+@pytest.mark.parametrize("window,prefix,offset", [(None, 0, 0), (None, 3, 6), (5, 2, 0)])
+def test_aligned_keys_are_seen_like_the_key_at_their_position(window, prefix, offset):
+    """A second key per position (MAC's own-query retrievals): a direct loop over queries, each
+    softmax over the prefix, the keys it may see and the aligned keys at the same positions."""
+    g = torch.Generator().manual_seed(1)
+    Tq, d = 12, 8
+    q = torch.randn(2, 3, Tq, d, generator=g, dtype=torch.float64)
+    k, v, ak, av = (torch.randn(2, 3, Tq + offset, d, generator=g, dtype=torch.float64) for _ in range(4))
+    pk, pv = (torch.randn(2, 3, prefix, d, generator=g, dtype=torch.float64) for _ in range(2))
+    ref = torch.empty_like(q)
+    for i in range(Tq):
+        pos = i + offset
+        seen = [j for j in range(Tq + offset) if j <= pos and (window is None or pos - j < window)]
+        keys = torch.cat([pk, k[:, :, seen], ak[:, :, seen]], 2)
+        values = torch.cat([pv, v[:, :, seen], av[:, :, seen]], 2)
+        ref[:, :, i] = ((q[:, :, i:i + 1] @ keys.transpose(-1, -2)) / math.sqrt(d)).softmax(-1).matmul(values)[:, :, 0]
+    for backend in ("sdpa", "flex"):
+        out = prefixed_attention(q, k, v, pk if prefix else None, pv if prefix else None, window, offset, backend,
+                                 aligned_k=ak, aligned_v=av)
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{backend}: {m}")
+
+
 @pytest.mark.parametrize("variant", ["mag", "mac", "transformer++"])
 def test_model_logits_equal_across_backends(variant):
     """Forward only: flex_attention has no backward on CPU (it has on CUDA, where auto uses it)."""

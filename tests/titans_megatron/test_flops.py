@@ -58,4 +58,6 @@ def test_mean_attended_keys():
     assert mean_attended_keys(config("transformer++")) == (1 + 2 + 3 + 4 + 5 + 6 + 7 + 8) / 8
     assert mean_attended_keys(config("mag")) == (1 + 2 + 3 * 6) / 8 + 2
     assert mean_attended_keys(config("mac")) == (1 + 2 + 3 + 4) / 4 + 2 + 1
+    # own-query retrieval: one memory token per position, seen causally like the segment's tokens
+    assert mean_attended_keys(config("mac", mac_retrieval="own_query")) == 2 * (1 + 2 + 3 + 4) / 4 + 2
     assert mean_attended_keys(config("lmm")) == 0
