@@ -60,6 +60,9 @@ class TitansConfig(TransformerConfig):
     """MAC segment length C."""
     num_memory_tokens: int = 256
     """MAC memory tokens N_l retrieved per segment (mac_retrieval "previous_segment")."""
+    mal_residual: bool = False
+    """MAL as two pre-norm residual sublayers (memory, then sliding-window attention, each with its own
+    norm, residual and persistent tokens) instead of one mixer (memory then attention) in one residual."""
     mac_retrieval: str = "previous_segment"
     """How MAC reads its memory for segment i (from the memory after segment i-1): "previous_segment",
     N_l tokens with the memory queries of the last N_l positions of segment i-1 (learned queries for

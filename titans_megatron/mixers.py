@@ -6,7 +6,8 @@ Choices made here (documented in docs/model.md):
 - MAG / MAC combine: ``o = RMSNorm_y(y) * sigmoid(RMSNorm_m(m))`` per head, learnable vectors.
 - LMM output: ``o = RMSNorm(y) * SiLU(x W_gate)`` (spec section 2).
 - MAL: the memory layer reads [persistent || x]; its output attends with the persistent tokens as the
-  always-visible prefix.
+  always-visible prefix. With mal_residual, memory and attention are two pre-norm residual sublayers
+  (specs.py), each with its own persistent tokens.
 - MAC: memory tokens for segment i are read from the memory after segment i-1, either (mac_retrieval
   "previous_segment") with the memory queries of the last N_l positions of segment i-1 (learned queries
   for segment 0), or ("own_query", the paper's h_t = M*_{i-1}(q_t) made causal) one per position with
@@ -108,6 +109,19 @@ class LMMMixer(Mixer):
     def gate_and_project(self, x, y):
         gate, _ = self.linear_gate(x)
         return self.project_out(self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
+
+
+class SlidingWindowMixer(Mixer):
+    """Sliding-window attention over [persistent || x]: the attention sublayer of MAL with residual
+    sublayers (config.mal_residual). It runs in a TransformerLayer's cross-attention slot, whose
+    context arguments it ignores."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.attention = AttentionBranch(config, window=config.window_size)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return self.project_out(self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention")))
 
 
 class MAGMixer(Mixer):

@@ -6,6 +6,7 @@ import torch.nn as nn
 from megatron.core.models.gpt.gpt_model import GPTModel
 
 from titans_megatron.config import TitansConfig
+from titans_megatron.mixers import Mixer
 from titans_megatron.parallel import ensure_model_parallel
 from titans_megatron.specs import block_spec
 
@@ -54,7 +55,9 @@ class TitansLM(nn.Module):
         return self.gpt.sharded_state_dict(prefix=prefix + "gpt.", sharded_offsets=sharded_offsets, metadata=metadata)
 
     def mixers(self):
-        return [layer.self_attention for layer in self.gpt.decoder.layers]
+        """Every token mixer, in order (MAL with residual sublayers has two per layer)."""
+        return [m for layer in self.gpt.decoder.layers for m in (layer.self_attention, layer.cross_attention)
+                if isinstance(m, Mixer)]
 
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, state=None):

@@ -8,19 +8,28 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from titans_megatron.mixers import MIXERS
+from titans_megatron.mixers import MIXERS, SlidingWindowMixer
 from titans_megatron.norms import RMSNorm
 
 
-def layer_spec(variant: str) -> ModuleSpec:
+def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
+    """One block. ``mal_residual``: MAL's memory and attention as two pre-norm residual sublayers, the
+    memory in the self-attention slot and the sliding-window attention in the layer's second
+    (cross-attention) slot, which Megatron's TransformerLayer runs with its own norm and residual."""
     if variant not in MIXERS:
         raise ValueError(f"variant must be one of {sorted(MIXERS)}, got {variant!r}")
+    second = {}
+    if variant == "mal" and mal_residual:
+        variant = "lmm"
+        second = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=ModuleSpec(module=SlidingWindowMixer),
+                      cross_attn_bda=get_bias_dropout_add)
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=RMSNorm,
             self_attention=ModuleSpec(module=MIXERS[variant]),
             self_attn_bda=get_bias_dropout_add,
+            **second,
             pre_mlp_layernorm=RMSNorm,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                               linear_fc2=RowParallelLinear)),
@@ -31,5 +40,6 @@ def layer_spec(variant: str) -> ModuleSpec:
 
 def block_spec(config) -> TransformerBlockSubmodules:
     """All layers plus our final RMSNorm (Megatron's default final norm refuses sequence parallelism)."""
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(config.variant)] * config.num_layers,
+    residual = config.mal_residual and config.has_memory
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(config.variant, residual)] * config.num_layers,
                                       layer_norm=RMSNorm)

@@ -4,9 +4,9 @@ import warnings
 
 from titans_megatron import TitansConfig
 
-VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac", "mac-own"]
+VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own"]
 # Test names for a variant with a non-default option: (variant, config fields).
-OPTIONS = {"mac-own": ("mac", {"mac_retrieval": "own_query"})}
+OPTIONS = {"mac-own": ("mac", {"mac_retrieval": "own_query"}), "mal-res": ("mal", {"mal_residual": True})}
 
 
 def small_config(variant, **overrides):
