@@ -64,14 +64,19 @@ def model_config(cfg: dict, arm: dict, seq_length: int) -> TitansConfig:
     return TitansConfig.from_preset("tiny", variant=arm["variant"], **fields)
 
 
-def evaluate(model, vocab, pairs, gap, pad_to, sequences, batch, seed) -> float:
-    """Accuracy over ``sequences`` held-out sequences drawn from ``seed``."""
+def on(device, batch):
+    return tuple(t.to(device) for t in batch)
+
+
+def evaluate(model, vocab, pairs, gap, pad_to, sequences, batch, seed, device) -> float:
+    """Accuracy over ``sequences`` held-out sequences drawn from ``seed`` (drawn on the CPU, so any
+    device scores the same sequences)."""
     generator = torch.Generator().manual_seed(seed)
     correct = total = 0
     model.eval()
     with torch.no_grad():
         for start in range(0, sequences, batch):
-            ids, pos, ans = make_batch(vocab, pairs, gap, min(batch, sequences - start), pad_to, generator)
+            ids, pos, ans = on(device, make_batch(vocab, pairs, gap, min(batch, sequences - start), pad_to, generator))
             _, acc = loss_and_accuracy(model(ids), pos, ans)
             correct += acc.item() * ans.numel()
             total += ans.numel()
@@ -83,13 +88,13 @@ def evaluate(model, vocab, pairs, gap, pad_to, sequences, batch, seed) -> float:
 VALIDATION_SEED, TEST_SEED = 1_000_003, 2_000_003
 
 
-def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int, log) -> dict:
+def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int, log, device="cpu") -> dict:
     """Train one arm at one point from scratch; its held-out accuracy and learning curve."""
     arm, task, train = cfg["arms"][arm_name], cfg["task"], cfg["train"]
     vocab, pad_to = Vocab.from_task(task), task["pad_to"]
     gap = gap_windows * cfg["model"]["window_size"]
     T = sequence_length(pairs, gap, pad_to)
-    model = build_model(model_config(cfg, arm, T), seed=seed)
+    model = build_model(model_config(cfg, arm, T), seed=seed).to(device)
     optim = OptimSection(**cfg["optim"])
     opt = torch.optim.AdamW(parameter_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     data = torch.Generator().manual_seed(seed * 7919 + pairs * 104729 + gap)
@@ -97,7 +102,7 @@ def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int,
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, optim, steps)
-        ids, pos, ans = make_batch(vocab, pairs, gap, train["batch"], pad_to, data)
+        ids, pos, ans = on(device, make_batch(vocab, pairs, gap, train["batch"], pad_to, data))
         logits = model(ids)
         loss, acc = loss_and_accuracy(logits, pos, ans)
         if train.get("lm_loss_weight"):
@@ -113,21 +118,23 @@ def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int,
         done = step + 1
         if done % train["eval_every"] == 0 or done == steps:
             val = evaluate(model, vocab, pairs, gap, pad_to, cfg["eval"]["curve_sequences"], cfg["eval"]["batch"],
-                           VALIDATION_SEED + seed)
+                           VALIDATION_SEED + seed, device)
             curve.append([done, round(val, 4)])
             rate = done / (time.time() - start)
             log(f"  {arm_name} D={pairs} G={gap} seed={seed}: step {done}/{steps} loss {loss.item():.3f} "
                 f"train acc {acc.item():.2f} held-out {val:.3f}  {rate:.2f} steps/s, ETA {(steps - done) / rate:.0f}s")
-    accuracy = evaluate(model, vocab, pairs, gap, pad_to, cfg["eval"]["sequences"], cfg["eval"]["batch"], TEST_SEED + seed)
+    accuracy = evaluate(model, vocab, pairs, gap, pad_to, cfg["eval"]["sequences"], cfg["eval"]["batch"], TEST_SEED + seed,
+                        device)
     return {"arm": arm_name, "pairs": pairs, "gap_windows": gap_windows, "gap": gap, "seq_length": T, "seed": seed,
             "steps": steps, "accuracy": round(accuracy, 4), "curve": curve, "skipped_steps": skipped,
             "train_seconds": round(time.time() - start, 1)}
 
 
-def config_hash(cfg: dict) -> str:
-    """What a finished run depends on besides its own point and arm: results of another model,
-    task or recipe are not mixed into one table."""
+def config_hash(cfg: dict, arm: str) -> str:
+    """What a finished run depends on besides its point: the model, task, recipe and its arm's
+    definition. Runs of another configuration (or an arm since redefined) are not mixed into a table."""
     shared = {k: cfg[k] for k in ("model", "task", "optim", "train", "eval")}
+    shared["arm"] = cfg["arms"][arm]
     return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -167,12 +174,12 @@ def summarise(runs: list, cfg: dict) -> list:
     return rows
 
 
-def markdown(rows: list, cfg: dict, args, hash_: str) -> str:
+def markdown(rows: list, cfg: dict, args) -> str:
     threshold = cfg["report"]["threshold"]
     lines = [f"# MQAR far past the attention window ({datetime.date.today().isoformat()})", "",
              f"- command: `python bench/mqar.py {' '.join(sys.argv[1:])}`",
              f"- machine: {cpu_description()}, torch {torch.__version__}",
-             f"- config `{args.config}` (hash {hash_}): model {json.dumps(cfg['model'])}; task {json.dumps(cfg['task'])}; "
+             f"- config `{args.config}`: model {json.dumps(cfg['model'])}; task {json.dumps(cfg['task'])}; "
              f"optim {json.dumps(cfg['optim'])}; train {json.dumps(cfg['train'])}",
              f"- window = segment = {cfg['model']['window_size']} tokens; gap G = filler tokens between the last pair "
              f"and the first query; accuracy = argmax over the whole vocabulary at the answer positions, on "
@@ -231,6 +238,7 @@ def main():
     p.add_argument("--gaps", nargs="+", type=int, help="a subset of sweep.gap_windows")
     p.add_argument("--seeds", nargs="+", type=int, help="a subset of sweep.seeds")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way: the runs are comparable)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from OUTPUT.jsonl")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -245,9 +253,9 @@ def main():
     sweep = cfg["sweep"]
     points = [(a, d, g, s) for d in (args.pairs or sweep["pairs"]) for g in (args.gaps or sweep["gap_windows"])
               for s in (args.seeds or sweep["seeds"]) for a in arms]
-    hash_ = config_hash(cfg)
+    hashes = {arm: config_hash(cfg, arm) for arm in cfg["arms"]}
     runs_path = args.output + ".jsonl"
-    runs = [r for r in read_runs(runs_path) if r.get("config_hash") == hash_]
+    runs = [r for r in read_runs(runs_path) if hashes.get(r.get("arm")) == r.get("config_hash")]
     done = {(r["arm"], r["pairs"], r["gap_windows"], r["seed"]) for r in runs}
     todo = [pt for pt in points if pt not in done] if not args.report_only else []
 
@@ -257,7 +265,7 @@ def main():
     log(f"{len(points)} runs asked, {len(points) - len(todo)} already in {runs_path}, {len(todo)} to train")
     start = time.time()
     for i, (arm, pairs, gw, seed) in enumerate(todo):
-        result = dict(run_point(cfg, arm, pairs, gw, seed, log), config_hash=hash_)
+        result = dict(run_point(cfg, arm, pairs, gw, seed, log, args.device), config_hash=hashes[arm], device=args.device)
         os.makedirs(os.path.dirname(runs_path) or ".", exist_ok=True)
         with open(runs_path, "a") as f:
             f.write(json.dumps(result) + "\n")
@@ -266,9 +274,9 @@ def main():
         log(f"{arm} D={pairs} gap={gw} windows seed={seed}: accuracy {result['accuracy']:.3f} "
             f"({i + 1}/{len(todo)} runs, ETA {per_run * (len(todo) - i - 1) / 60:.0f} min)")
     rows = summarise(runs, cfg)
-    table = markdown(rows, cfg, args, hash_)
+    table = markdown(rows, cfg, args)
     print(table)
-    write_report(args.output, table, {"config": cfg, "config_hash": hash_, "rows": rows})
+    write_report(args.output, table, {"config": cfg, "config_hashes": hashes, "rows": rows})
     if rows:
         plot(rows, args.output + ".png")
 

@@ -89,7 +89,10 @@ def test_sweep_resumes_and_reports(tmp_path):
     assert (tmp_path / "out.png").stat().st_size > 0 and "| lmm-off | floor | 4 | 2 |" in (tmp_path / "out.md").read_text()
     mq = load_script("mqar")
     changed = dict(cfg, train=dict(cfg["train"], steps=5))
-    assert mq.config_hash(changed) != report["config_hash"]
+    assert mq.config_hash(changed, "lmm") != report["config_hashes"]["lmm"]
+    redefined = dict(cfg, arms=dict(cfg["arms"], lmm={"variant": "lmm", "role": "memory", "overrides": {"memory_depth": 1}}))
+    assert mq.config_hash(redefined, "lmm") != report["config_hashes"]["lmm"]
+    assert mq.config_hash(redefined, "lmm-off") == report["config_hashes"]["lmm-off"]
 
 
 def test_config_errors_name_the_field(tmp_path):
