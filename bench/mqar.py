@@ -103,11 +103,7 @@ def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int,
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, optim, steps)
         ids, pos, ans = on(device, make_batch(vocab, pairs, gap, train["batch"], pad_to, data))
-        logits = model(ids)
-        loss, acc = loss_and_accuracy(logits, pos, ans)
-        if train.get("lm_loss_weight"):
-            loss = loss + train["lm_loss_weight"] * torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+        loss, acc = loss_and_accuracy(model(ids), pos, ans)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip or float("inf"))

@@ -40,6 +40,8 @@ def run(cmd, log_path):
 def prepare_data(work, cfg):
     py = sys.executable
     tok, shards = os.path.join(work, "tokenizer.model"), os.path.join(work, "shards")
+    if os.path.exists(os.path.join(shards, "manifest.json")):  # a --workdir made by an earlier call
+        return shards
     for name, cmd in (("tokenizer", [py, os.path.join(ROOT, "data_prep", "train_tokenizer.py"), "--input", CORPUS,
                                      "--vocab-size", str(cfg["model"]["vocab_size"]), "--output", tok]),
                       ("shards", [py, os.path.join(ROOT, "data_prep", "tokenize.py"), "--input", CORPUS, "--tokenizer",
@@ -50,8 +52,19 @@ def prepare_data(work, cfg):
     return shards
 
 
+def read_metrics(ckpt):
+    metrics = os.path.join(ckpt, "tensorboard", "metrics.jsonl")
+    if not os.path.exists(metrics):
+        return []
+    with open(metrics) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def train_variant(work, shards, cfg, variant):
     ckpt = os.path.join(work, f"run_{variant}")
+    done = read_metrics(ckpt)
+    if done and done[-1].get("step") == cfg["overrides"]["schedule.train_steps"]:
+        return summary(variant, done, 0, None, os.path.join(work, f"train_{variant}.log"))  # finished earlier
     cmd = [sys.executable, os.path.join(ROOT, "pretrain", "train.py"), "--config",
            os.path.join(ROOT, "configs", f"{cfg['preset']}_{variant}.json"), f"data.dir={shards}",
            f"checkpoint.dir={ckpt}",
@@ -59,18 +72,17 @@ def train_variant(work, shards, cfg, variant):
     cmd += [f"{k}={json.dumps(v)}" for k, v in cfg["overrides"].items()]
     start = time.time()
     code = run(cmd, os.path.join(work, f"train_{variant}.log"))
-    records = []
-    metrics = os.path.join(ckpt, "tensorboard", "metrics.jsonl")
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    return summary(variant, read_metrics(ckpt), code, round(time.time() - start), os.path.join(work, f"train_{variant}.log"))
+
+
+def summary(variant, records, code, seconds, log):
     steps = [r for r in records if "loss" in r]
     finite = [r["grad_norm"] for r in steps if r.get("grad_norm") is not None and r["grad_norm"] == r["grad_norm"]]
     return {"variant": variant, "exit_code": code, "steps": len(steps),
             "skipped_steps": steps[-1]["skipped_steps"] if steps else None,
             "max_grad_norm": max(finite) if finite else None,
             "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
-            "seconds": round(time.time() - start), "log": os.path.join(work, f"train_{variant}.log")}
+            "seconds": seconds, "log": log}
 
 
 def main():
@@ -78,18 +90,23 @@ def main():
     p.add_argument("--config", default="configs/bench/train_stability.json")
     p.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     p.add_argument("--variants", nargs="+", help="a subset of the config's variants")
-    p.add_argument("--workdir", help="keep data, logs and checkpoints here (default: a temporary folder)")
+    p.add_argument("--workdir", help="keep data, logs and checkpoints here (default: a temporary folder); a "
+                   "variant whose run there has finished is reported, not retrained")
     args = p.parse_args()
     cfg = read_config(args.config, REQUIRED, precision=False)
     work = args.workdir or tempfile.mkdtemp(prefix="train_stability_")
     os.makedirs(work, exist_ok=True)
     shards = prepare_data(work, cfg)
     rows = []
-    for i, variant in enumerate(args.variants or cfg["variants"]):
+    for variant in args.variants or cfg["variants"]:
         row = train_variant(work, shards, cfg, variant)
         rows.append(row)
         print(f"{variant}: exit {row['exit_code']}, {row['steps']} steps, {row['skipped_steps']} skipped, "
               f"loss {row['first_loss']} -> {row['last_loss']} ({row['seconds']} s)", file=sys.stderr, flush=True)
+        report(rows, cfg, args)  # after every variant: a stopped run keeps what finished
+
+
+def report(rows, cfg, args):
     lines = [f"# Memory defaults at the {cfg['preset']} preset's width and depth ({datetime.date.today().isoformat()})", "",
              f"- command: `python bench/train_stability.py {' '.join(sys.argv[1:])}`",
              f"- machine: {cpu_description()}, torch {torch.__version__}",
@@ -101,7 +118,7 @@ def main():
         loss = "-" if r["first_loss"] is None else f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"
         norm = "-" if r["max_grad_norm"] is None else f"{r['max_grad_norm']:.3g}"
         lines.append(f"| {r['variant']} | {r['exit_code']} | {r['steps']} | {r['skipped_steps']} | {norm} | {loss} | "
-                     f"{r['seconds']} |")
+                     f"{'-' if r['seconds'] is None else r['seconds']} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.output:

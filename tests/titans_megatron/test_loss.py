@@ -24,8 +24,8 @@ def test_token_losses_equal_cross_entropy_of_the_logits(variant, vocab):
     ref = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(2, 64)
     ref_grads = torch.autograd.grad(ref.sum(), params)
     torch.testing.assert_close(losses, ref, rtol=1e-6, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    for g, r in zip(grads, ref_grads):  # fp32 sums in another order: a few ulps of the largest entries
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6 * max(1.0, r.abs().max().item()))
 
 
 def test_labels_of_another_shape_are_refused():
