@@ -82,15 +82,22 @@ class Mixer(TensorParallelSharded):
         return out, bias
 
 
-class TransformerPPMixer(Mixer):
+class AttentionMixer(Mixer):
+    """Causal attention with RoPE over [persistent || x] (no persistent tokens for Transformer++)."""
+
+    def __init__(self, config, window=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.attention = AttentionBranch(config, window=window)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return self.project_out(self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention")))
+
+
+class TransformerPPMixer(AttentionMixer):
     """Transformer++: full causal attention with RoPE."""
 
     def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=None)
-
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return self.project_out(self.attention(hidden_states, cache=self.stream_slot("attention")))
+        super().__init__(config, window=None, **kwargs)
 
 
 class LMMMixer(Mixer):
@@ -111,17 +118,13 @@ class LMMMixer(Mixer):
         return self.project_out(self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
 
 
-class SlidingWindowMixer(Mixer):
+class SlidingWindowMixer(AttentionMixer):
     """Sliding-window attention over [persistent || x]: the attention sublayer of MAL with residual
     sublayers (config.mal_residual). It runs in a TransformerLayer's cross-attention slot, whose
     context arguments it ignores."""
 
     def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=config.window_size)
-
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return self.project_out(self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention")))
+        super().__init__(config, window=config.window_size, **kwargs)
 
 
 class MAGMixer(Mixer):
@@ -174,11 +177,11 @@ class MACMixer(Mixer):
         if config.has_memory:
             self.memory = MemoryBranch(inner)
             self.memory_token_proj = row_linear(inner)
-            H_l, d = config.num_attention_heads // tp_size(), config.head_dim
-        if config.has_memory and not self.own_query:
-            self.first_queries = tensor_parallel_parameter(
-                (config.num_memory_tokens, H_l, d), 1, config, lambda t: t.copy_(F.normalize(torch.randn_like(t), dim=-1)))
-        if config.has_memory:
+            if not self.own_query:  # own-query retrieval has no first segment's learned queries
+                H_l, d = config.num_attention_heads // tp_size(), config.head_dim
+                self.first_queries = tensor_parallel_parameter(
+                    (config.num_memory_tokens, H_l, d), 1, config,
+                    lambda t: t.copy_(F.normalize(torch.randn_like(t), dim=-1)))
             self.norm_y, self.norm_m = head_norm(config), head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
