@@ -6,7 +6,9 @@ budget: the same steps, batch, optimizer and schedule (the training recipe's Ada
 warmup-cosine schedule from pretrain/optim.py), loss on the answer positions only. Accuracy is
 measured on held-out sequences that training never sees; a learning curve on a second held-out set
 says how many steps each arm needs. The gap is counted in multiples of the attention window, which
-the config sets equal to MAC's segment, so one axis serves every variant.
+the config sets equal to MAC's segment, so one axis serves every variant. An arm is a variant with
+model ``overrides`` and, for recipe ablations (e.g. weight decay on the memory's initial weights),
+``optim`` overrides; both are part of the run's key.
 
 Each finished run is appended to OUTPUT.jsonl at once; a rerun skips what is there (a sweep spans
 sessions) and rewrites the report (OUTPUT.md, OUTPUT.json, OUTPUT.png: median and range over seeds).
@@ -53,6 +55,9 @@ def check_config(cfg: dict, path: str) -> None:
             raise SystemExit(f"{path}: arms.{name}.role must be one of {list(ROLES)}, got {arm.get('role')!r}")
         if "variant" not in arm:
             raise SystemExit(f"{path}: arms.{name} has no 'variant'")
+    unknown = [m for m in cfg["train"].get("mix", []) if m not in MIXABLE]
+    if unknown:
+        raise SystemExit(f"{path}: train.mix may hold {list(MIXABLE)}, got {unknown}")
     for key in ("pairs", "gap_windows", "seeds"):
         if not cfg["sweep"].get(key):
             raise SystemExit(f"{path}: sweep.{key} must be a non-empty list")
@@ -88,6 +93,22 @@ def evaluate(model, vocab, pairs, gap, pad_to, sequences, batch, seed, device) -
 VALIDATION_SEED, TEST_SEED = 1_000_003, 2_000_003
 
 
+MIXABLE = ("pairs", "gap")
+
+
+def training_batch(vocab, pairs, gap, train, pad_to, T, data):
+    """A batch at the point's D pairs and gap G; with train.mix ["pairs"] and/or ["gap"], the step's D'
+    is drawn uniformly from 1..D and/or its G' from 0..G, padded to the point's length. Zoology trains
+    on a mixture of pair counts and lengths; easier steps can start the key-value binding that a fixed
+    hard point takes thousands of steps to find (docs/model.md measures whether they do)."""
+    mix = train.get("mix", [])
+    if "pairs" in mix:
+        pairs = int(torch.randint(1, pairs + 1, (1,), generator=data))
+    if "gap" in mix:
+        gap = int(torch.randint(0, gap + 1, (1,), generator=data))
+    return make_batch(vocab, pairs, gap, train["batch"], pad_to, data, length=T)
+
+
 def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int, log, device="cpu") -> dict:
     """Train one arm at one point from scratch; its held-out accuracy and learning curve."""
     arm, task, train = cfg["arms"][arm_name], cfg["task"], cfg["train"]
@@ -95,14 +116,14 @@ def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int,
     gap = gap_windows * cfg["model"]["window_size"]
     T = sequence_length(pairs, gap, pad_to)
     model = build_model(model_config(cfg, arm, T), seed=seed).to(device)
-    optim = OptimSection(**cfg["optim"])
+    optim = OptimSection(**dict(cfg["optim"], **arm.get("optim", {})))
     opt = torch.optim.AdamW(parameter_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     data = torch.Generator().manual_seed(seed * 7919 + pairs * 104729 + gap)
     steps, curve, skipped, start = train["steps"], [], 0, time.time()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, optim, steps)
-        ids, pos, ans = on(device, make_batch(vocab, pairs, gap, train["batch"], pad_to, data))
+        ids, pos, ans = on(device, training_batch(vocab, pairs, gap, train, pad_to, T, data))
         loss, acc = loss_and_accuracy(model(ids), pos, ans)
         opt.zero_grad(set_to_none=True)
         loss.backward()

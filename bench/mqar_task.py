@@ -59,13 +59,19 @@ def sequence_length(pairs: int, gap: int, pad_to: int) -> int:
     return -(-n // pad_to) * pad_to
 
 
-def make_batch(vocab: Vocab, pairs: int, gap: int, batch: int, pad_to: int, generator: torch.Generator):
-    """ids [B, T]; answer_pos [B, D] (positions whose next token is an answer: the queries); answers [B, D]."""
+def make_batch(vocab: Vocab, pairs: int, gap: int, batch: int, pad_to: int, generator: torch.Generator,
+               length: int | None = None):
+    """ids [B, T]; answer_pos [B, D] (positions whose next token is an answer: the queries); answers [B, D].
+    ``length`` pads with filler to a longer T (a training mixture's fewer-pair sequences at the full length)."""
     if pairs > min(vocab.keys, vocab.values):
         raise ValueError(f"{pairs} pairs need at least as many keys ({vocab.keys}) and values ({vocab.values})")
     if gap < 0:
         raise ValueError(f"gap must be >= 0, got {gap}")
     T = sequence_length(pairs, gap, pad_to)
+    if length is not None:
+        if length < T:
+            raise ValueError(f"length {length} is shorter than the {T} tokens {pairs} pairs and gap {gap} need")
+        T = length
     ids = vocab.filler0 + torch.randint(0, vocab.filler, (batch, T), generator=generator)
     ids[:, 0] = BOS
     keys = vocab.key0 + torch.rand(batch, vocab.keys, generator=generator).argsort(dim=1)[:, :pairs]

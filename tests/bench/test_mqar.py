@@ -36,6 +36,31 @@ def test_layout(pairs, gap, pad_to):
         assert not set(ans[b].tolist()) & set(row[2 * pairs + 1:]), "no answer appears as an input after the pairs"
 
 
+def test_padded_to_a_longer_length():
+    ids, pos, ans = make_batch(VOCAB, 3, 5, 4, 16, torch.Generator().manual_seed(0), length=64)
+    assert ids.shape == (4, 64) and (ids[:, 1 + 4 * 3 + 5:] >= VOCAB.filler0).all()
+    assert (pos == 1 + 2 * 3 + 5 + 2 * torch.arange(3)).all()
+    with pytest.raises(ValueError, match="shorter"):
+        make_batch(VOCAB, 3, 5, 4, 1, torch.Generator(), length=17)
+
+
+@pytest.mark.parametrize("mix", [[], ["pairs"], ["gap"], ["pairs", "gap"]])
+def test_training_mixture_draws_easier_points_at_the_full_length(mix):
+    """train.mix draws each step's pairs from 1..D and/or its gap from 0..G, always at the point's
+    length; without it every step is the point itself."""
+    mq = load_script("mqar")
+    D, G, T = 6, 20, sequence_length(6, 20, 16)
+    data, seen = torch.Generator().manual_seed(0), set()
+    for _ in range(60):
+        ids, pos, ans = mq.training_batch(VOCAB, D, G, {"batch": 2, "mix": mix}, 16, T, data)
+        assert ids.shape == (2, T)
+        pairs = ans.shape[1]
+        seen.add((pairs, int(pos[0, 0]) - 2 * pairs - 1))
+    pairs_seen, gaps_seen = {p for p, _ in seen}, {g for _, g in seen}
+    assert pairs_seen == (set(range(1, D + 1)) if "pairs" in mix else {D})
+    assert gaps_seen <= set(range(G + 1)) and (len(gaps_seen) > 5 if "gap" in mix else gaps_seen == {G})
+
+
 def test_deterministic_by_seed():
     a = make_batch(VOCAB, 8, 16, 4, 16, torch.Generator().manual_seed(3))
     b = make_batch(VOCAB, 8, 16, 4, 16, torch.Generator().manual_seed(3))
@@ -103,3 +128,8 @@ def test_config_errors_name_the_field(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "mqar.py"), "--config", str(path), "--output",
                              str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0 and "window_size" in result.stderr and "segment_length" in result.stderr
+    mq = load_script("mqar")
+    cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
+    cfg["train"]["mix"] = ["gaps"]
+    with pytest.raises(SystemExit, match="train.mix"):
+        mq.check_config(cfg, "bad.json")
