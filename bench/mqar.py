@@ -7,8 +7,8 @@ warmup-cosine schedule from pretrain/optim.py), loss on the answer positions onl
 measured on held-out sequences that training never sees; a learning curve on a second held-out set
 says how many steps each arm needs. The gap is counted in multiples of the attention window, which
 the config sets equal to MAC's segment, so one axis serves every variant. An arm is a variant with
-model ``overrides`` and, for recipe ablations (e.g. weight decay on the memory's initial weights),
-``optim`` overrides; both are part of the run's key.
+model ``overrides`` and, for recipe ablations, ``optim`` and ``train`` overrides (weight decay on the
+memory's initial weights, a learning rate, a training mixture); all are part of the run's key.
 
 Each finished run is appended to OUTPUT.jsonl at once; a rerun skips what is there (a sweep spans
 sessions) and rewrites the report (OUTPUT.md, OUTPUT.json, OUTPUT.png: median and range over seeds).
@@ -55,9 +55,11 @@ def check_config(cfg: dict, path: str) -> None:
             raise SystemExit(f"{path}: arms.{name}.role must be one of {list(ROLES)}, got {arm.get('role')!r}")
         if "variant" not in arm:
             raise SystemExit(f"{path}: arms.{name} has no 'variant'")
-    unknown = [m for m in cfg["train"].get("mix", []) if m not in MIXABLE]
-    if unknown:
-        raise SystemExit(f"{path}: train.mix may hold {list(MIXABLE)}, got {unknown}")
+    for where, train in [("train", cfg["train"])] + [(f"arms.{a}.train", arm.get("train", {}))
+                                                     for a, arm in cfg["arms"].items()]:
+        unknown = [m for m in train.get("mix", []) if m not in MIXABLE]
+        if unknown:
+            raise SystemExit(f"{path}: {where}.mix may hold {list(MIXABLE)}, got {unknown}")
     for key in ("pairs", "gap_windows", "seeds"):
         if not cfg["sweep"].get(key):
             raise SystemExit(f"{path}: sweep.{key} must be a non-empty list")
@@ -111,7 +113,8 @@ def training_batch(vocab, pairs, gap, train, pad_to, T, data):
 
 def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int, log, device="cpu") -> dict:
     """Train one arm at one point from scratch; its held-out accuracy and learning curve."""
-    arm, task, train = cfg["arms"][arm_name], cfg["task"], cfg["train"]
+    arm, task = cfg["arms"][arm_name], cfg["task"]
+    train = dict(cfg["train"], **arm.get("train", {}))
     vocab, pad_to = Vocab.from_task(task), task["pad_to"]
     gap = gap_windows * cfg["model"]["window_size"]
     T = sequence_length(pairs, gap, pad_to)

@@ -133,3 +133,14 @@ def test_config_errors_name_the_field(tmp_path):
     cfg["train"]["mix"] = ["gaps"]
     with pytest.raises(SystemExit, match="train.mix"):
         mq.check_config(cfg, "bad.json")
+
+
+@pytest.mark.parametrize("name", ["mqar.json", "mqar_small.json", "mqar_ceiling.json", "mqar_screen.json"])
+def test_shipped_configs_hold_valid_arms(name):
+    """Every arm of every shipped MQAR config makes a valid model config and recipe."""
+    mq = load_script("mqar")
+    cfg = json.loads((ROOT / "configs" / "bench" / name).read_text())
+    mq.check_config(cfg, name)
+    for arm in cfg["arms"].values():
+        mq.model_config(cfg, arm, seq_length=64)
+        mq.OptimSection(**dict(cfg["optim"], **arm.get("optim", {})))
