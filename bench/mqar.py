@@ -197,7 +197,9 @@ def summarise(runs: list, cfg: dict) -> list:
 def markdown(rows: list, cfg: dict, args) -> str:
     threshold = cfg["report"]["threshold"]
     lines = [f"# MQAR far past the attention window ({datetime.date.today().isoformat()})", "",
-             f"- command: `python bench/mqar.py {' '.join(sys.argv[1:])}`",
+             (f"- runs trained by `python bench/mqar.py --config {args.config} --output {args.output} [--arms/--pairs/"
+              f"--gaps/--seeds ..]`; this report rewritten from the runs file" if args.report_only else
+              f"- command: `python bench/mqar.py {' '.join(sys.argv[1:])}`"),
              f"- machine: {cpu_description()}, torch {torch.__version__}",
              f"- config `{args.config}`: model {json.dumps(cfg['model'])}; task {json.dumps(cfg['task'])}; "
              f"optim {json.dumps(cfg['optim'])}; train {json.dumps(cfg['train'])}",
