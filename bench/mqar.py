@@ -15,6 +15,9 @@ sessions) and rewrites the report (OUTPUT.md, OUTPUT.json, OUTPUT.png: median an
 
     python bench/mqar.py --config configs/bench/mqar.json --output bench/results/mqar_cpu
     python bench/mqar.py --config configs/bench/mqar.json --output bench/results/mqar_cpu --arms mag mag-off --pairs 8 --gaps 4
+
+Tiny models use a core (or a GPU's launch queue) poorly: ``--workers N`` trains N runs at once, each in
+its own process with ``--threads`` threads (default: cores / N); a run's result does not depend on N.
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
@@ -27,9 +30,11 @@ import datetime
 import hashlib
 import json
 import math
+import multiprocessing
 import statistics
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
@@ -150,6 +155,30 @@ def run_point(cfg: dict, arm_name: str, pairs: int, gap_windows: int, seed: int,
             "train_seconds": round(time.time() - start, 1)}
 
 
+def log(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_in_worker(threads: int, cfg: dict, point: tuple, device: str) -> dict:
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    return run_point(cfg, *point, log, device)
+
+
+def train_points(todo: list, cfg: dict, args):
+    """Yield ((arm, pairs, gap_windows, seed), result) as runs finish, N at a time with --workers N."""
+    if args.workers <= 1:
+        for point in todo:
+            yield point, run_point(cfg, *point, log, args.device)
+        return
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    # spawn: a forked child would inherit the parent's torch thread pool (and CUDA state, on a GPU)
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_in_worker, threads, cfg, point, args.device): point for point in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 def config_hash(cfg: dict, arm: str) -> str:
     """What a finished run depends on besides its point: the model, task, recipe and its arm's
     definition. Runs of another configuration (or an arm since redefined) are not mixed into a table."""
@@ -259,7 +288,8 @@ def main():
     p.add_argument("--pairs", nargs="+", type=int, help="a subset of sweep.pairs")
     p.add_argument("--gaps", nargs="+", type=int, help="a subset of sweep.gap_windows")
     p.add_argument("--seeds", nargs="+", type=int, help="a subset of sweep.seeds")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores / workers)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process")
     p.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way: the runs are comparable)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from OUTPUT.jsonl")
     args = p.parse_args()
@@ -281,13 +311,10 @@ def main():
     done = {(r["arm"], r["pairs"], r["gap_windows"], r["seed"]) for r in runs}
     todo = [pt for pt in points if pt not in done] if not args.report_only else []
 
-    def log(line):
-        print(line, file=sys.stderr, flush=True)
-
     log(f"{len(points)} runs asked, {len(points) - len(todo)} already in {runs_path}, {len(todo)} to train")
     start = time.time()
-    for i, (arm, pairs, gw, seed) in enumerate(todo):
-        result = dict(run_point(cfg, arm, pairs, gw, seed, log, args.device), config_hash=hashes[arm], device=args.device)
+    for i, ((arm, pairs, gw, seed), result) in enumerate(train_points(todo, cfg, args)):
+        result = dict(result, config_hash=hashes[arm], device=args.device)
         os.makedirs(os.path.dirname(runs_path) or ".", exist_ok=True)
         with open(runs_path, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -93,7 +93,8 @@ def test_scorer_is_exact():
 
 def test_sweep_resumes_and_reports(tmp_path):
     """Two arms, one point, a few steps: runs are appended, a rerun trains nothing, the report holds
-    a row per arm and the plot is written; a different config does not reuse the runs."""
+    a row per arm and the plot is written; two workers give the same runs; a different config does
+    not reuse the runs."""
     cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
     cfg["train"].update(steps=4, eval_every=2)
     cfg["eval"].update(sequences=8, curve_sequences=8, batch=8)
@@ -112,6 +113,12 @@ def test_sweep_resumes_and_reports(tmp_path):
     report = json.loads((tmp_path / "out.json").read_text())
     assert [r["arm"] for r in report["rows"]] == ["lmm", "lmm-off"]
     assert (tmp_path / "out.png").stat().st_size > 0 and "| lmm-off | floor | 4 | 2 |" in (tmp_path / "out.md").read_text()
+    parallel = cmd[:cmd.index("--output") + 1] + [str(tmp_path / "par")] + cmd[cmd.index("--output") + 2:] + ["--workers", "2"]
+    par = subprocess.run(parallel, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert par.returncode == 0, par.stderr
+    by_arm = {r["arm"]: r for r in map(json.loads, (tmp_path / "par.jsonl").read_text().splitlines())}
+    for r in runs:  # two worker processes train the same runs to the same numbers
+        assert (by_arm[r["arm"]]["accuracy"], by_arm[r["arm"]]["curve"]) == (r["accuracy"], r["curve"])
     mq = load_script("mqar")
     changed = dict(cfg, train=dict(cfg["train"], steps=5))
     assert mq.config_hash(changed, "lmm") != report["config_hashes"]["lmm"]
