@@ -142,7 +142,7 @@ def test_config_errors_name_the_field(tmp_path):
         mq.check_config(cfg, "bad.json")
 
 
-@pytest.mark.parametrize("name", ["mqar.json", "mqar_small.json", "mqar_ceiling.json", "mqar_screen.json"])
+@pytest.mark.parametrize("name", ["mqar.json", "mqar_small.json", "mqar_ceiling.json", "mqar_screen.json", "mqar_confirm.json"])
 def test_shipped_configs_hold_valid_arms(name):
     """Every arm of every shipped MQAR config makes a valid model config and recipe."""
     mq = load_script("mqar")
