@@ -26,6 +26,7 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
     sys.path[0] = os.path.dirname(_here)
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -179,12 +180,27 @@ def train_points(todo: list, cfg: dict, args):
             yield futures[future], future.result()
 
 
+# The resolved model fields a run depends on: TitansConfig's own and the shape Megatron's part sets
+# (not all of TransformerConfig, whose many unrelated fields come and go between Megatron versions).
+MEGATRON_FIELDS = ("hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "num_layers",
+                   "init_method_std", "normalization", "gated_linear_unit")
+
+
+def resolved_model(cfg: dict, arm: str) -> dict:
+    """The arm's model config after presets and defaults (sequence length aside): a default changed in
+    titans_megatron changes the run's key, so runs under the old default are not reused."""
+    model = model_config(cfg, cfg["arms"][arm], seq_length=4 * cfg["model"]["window_size"])
+    own = [f.name for f in dataclasses.fields(TitansConfig) if f.name in TitansConfig.__annotations__]
+    return {k: getattr(model, k) for k in (*own, *MEGATRON_FIELDS) if k != "seq_length"}
+
+
 def config_hash(cfg: dict, arm: str) -> str:
-    """What a finished run depends on besides its point: the model, task, recipe and its arm's
-    definition. Runs of another configuration (or an arm since redefined) are not mixed into a table."""
+    """What a finished run depends on besides its point: the model (as resolved), task, recipe and its
+    arm's definition. Runs of another configuration (or an arm since redefined) are not mixed into a table."""
     shared = {k: cfg[k] for k in ("model", "task", "optim", "train", "eval")}
     shared["arm"] = cfg["arms"][arm]
-    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+    shared["resolved_model"] = resolved_model(cfg, arm)
+    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def read_runs(path: str) -> list:

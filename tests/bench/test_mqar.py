@@ -1,6 +1,7 @@
 """The MQAR benchmark: the generator is deterministic and lays out what its docstring says, the scorer
 is exact, and the sweep resumes from its runs file and writes its report."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -125,6 +126,9 @@ def test_sweep_resumes_and_reports(tmp_path):
     redefined = dict(cfg, arms=dict(cfg["arms"], lmm={"variant": "lmm", "role": "memory", "overrides": {"memory_depth": 1}}))
     assert mq.config_hash(redefined, "lmm") != report["config_hashes"]["lmm"]
     assert mq.config_hash(redefined, "lmm-off") == report["config_hashes"]["lmm-off"]
+    resolve = mq.model_config  # a default changed in titans_megatron changes the key of every arm it reaches
+    mq.model_config = lambda *a, **k: dataclasses.replace(resolve(*a, **k), memory_lr_max=0.5)
+    assert mq.config_hash(cfg, "lmm") != report["config_hashes"]["lmm"]
 
 
 def test_config_errors_name_the_field(tmp_path):
