@@ -30,7 +30,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import multiprocessing
 import statistics
 import time
@@ -44,7 +43,8 @@ from bench.config import read_config  # noqa: E402
 from bench.mqar_task import Vocab, loss_and_accuracy, make_batch, sequence_length  # noqa: E402
 from bench.outputs import cpu_description, write_report  # noqa: E402
 from pretrain.config import OptimSection  # noqa: E402
-from pretrain.optim import learning_rate, parameter_groups  # noqa: E402
+from pretrain.param_groups import parameter_groups  # noqa: E402
+from pretrain.schedule import learning_rate  # noqa: E402
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 
 REQUIRED = ("model", "task", "optim", "train", "eval", "sweep", "arms")
@@ -188,9 +188,11 @@ MEGATRON_FIELDS = ("hidden_size", "num_attention_heads", "num_query_groups", "ff
 
 def resolved_model(cfg: dict, arm: str) -> dict:
     """The arm's model config after presets and defaults (sequence length aside): a default changed in
-    titans_megatron changes the run's key, so runs under the old default are not reused."""
+    titans_megatron changes the run's key, so runs under the old default are not reused. The memory's
+    fields count only where a memory exists (a memory default changed does not retrain Transformer++)."""
     model = model_config(cfg, cfg["arms"][arm], seq_length=4 * cfg["model"]["window_size"])
-    own = [f.name for f in dataclasses.fields(TitansConfig) if f.name in TitansConfig.__annotations__]
+    own = [f.name for f in dataclasses.fields(TitansConfig) if f.name in TitansConfig.__annotations__
+           and (model.has_memory or not f.name.startswith("memory_"))]
     return {k: getattr(model, k) for k in (*own, *MEGATRON_FIELDS) if k != "seq_length"}
 
 

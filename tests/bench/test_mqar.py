@@ -131,6 +131,17 @@ def test_sweep_resumes_and_reports(tmp_path):
     assert mq.config_hash(cfg, "lmm") != report["config_hashes"]["lmm"]
 
 
+
+def test_memory_defaults_do_not_rekey_arms_without_memory(monkeypatch):
+    """A memory default changed in titans_megatron retrains the memory arms but not Transformer++."""
+    mq = load_script("mqar")
+    cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
+    before = {arm: mq.config_hash(cfg, arm) for arm in ("transformer++", "lmm")}
+    resolve = mq.model_config
+    monkeypatch.setattr(mq, "model_config", lambda *a, **k: dataclasses.replace(resolve(*a, **k), memory_lr_max=0.5))
+    assert mq.config_hash(cfg, "transformer++") == before["transformer++"]
+    assert mq.config_hash(cfg, "lmm") != before["lmm"]
+
 def test_config_errors_name_the_field(tmp_path):
     cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
     cfg["model"]["segment_length"] = 32
