@@ -44,7 +44,8 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from eval_suite import jsonl
-from eval_suite.model import EvalInputError, EvalModel
+from eval_suite.errors import EvalInputError
+from eval_suite.model import EvalModel
 
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 FIELDS = ("input", "question", "target")

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from eval_suite.model import Codec, EvalInputError
+from eval_suite.codec import Codec
+from eval_suite.errors import EvalInputError
 
 STATE_FILE = "train_state.json"
 

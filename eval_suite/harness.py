@@ -73,7 +73,9 @@ from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen
                                   postprocess_generated_text)
 from tqdm import tqdm  # noqa: E402
 
-from eval_suite.model import EvalInputError, EvalModel  # noqa: E402
+from eval_suite.errors import EvalInputError  # noqa: E402
+
+from eval_suite.model import EvalModel  # noqa: E402
 
 log = logging.getLogger(__name__)
 

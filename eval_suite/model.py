@@ -14,9 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-
-class EvalInputError(Exception):
-    """Bad input to the evaluation (a checkpoint, a data file, a task name): the message names it."""
+from eval_suite.checkpoint import inspect
+from eval_suite.codec import Codec
+from eval_suite.errors import EvalInputError
 
 
 @dataclass
@@ -25,21 +25,6 @@ class Scored:
 
     logprobs: List[float]
     greedy: List[bool]
-
-
-class Codec:
-    """Text <-> ids with a sentencepiece model: what prompt layouts need, so that they can be checked
-    with the tokenizer alone before any model is built (EvalModel is one too)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.bos_id, self.eos_id = tokenizer.bos_id(), tokenizer.eos_id()
-
-    def encode(self, text: str) -> List[int]:
-        return self.tokenizer.EncodeAsIds(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.DecodeIds(list(ids))
 
 
 class EvalModel(Codec):
@@ -58,7 +43,6 @@ class EvalModel(Codec):
     def load(cls, checkpoint_dir: str, tokenizer: Optional[str] = None, batch_size: int = 8,
              checked=None) -> "EvalModel":
         """``checked``: the folder's ``eval_suite.checkpoint.inspect`` (made here when None)."""
-        from eval_suite.checkpoint import inspect
         from pretrain.checkpoint import CheckpointError
         from pretrain.evaluate import restore
 

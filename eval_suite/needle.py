@@ -60,7 +60,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from data_prep.corpus import CORPUS
 from eval_suite import jsonl
-from eval_suite.model import Codec, EvalInputError, EvalModel
+from eval_suite.codec import Codec
+from eval_suite.errors import EvalInputError
+from eval_suite.model import EvalModel
 
 KINDS = ("passkey", "number", "word")
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384)

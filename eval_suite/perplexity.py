@@ -30,7 +30,8 @@ import re
 from typing import Dict, List, Optional
 
 from eval_suite import jsonl
-from eval_suite.model import EvalInputError, EvalModel
+from eval_suite.errors import EvalInputError
+from eval_suite.model import EvalModel
 
 WIKITEXT_FILE = os.path.join("wikitext103", "test.txt")
 LAMBADA_FILE = os.path.join("lambada_openai", "test.jsonl")

@@ -30,7 +30,8 @@ from dataclasses import dataclass  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
 from eval_suite.checkpoint import Checkpoint, check_folder, inspect  # noqa: E402
-from eval_suite.model import EvalInputError, EvalModel  # noqa: E402
+from eval_suite.errors import EvalInputError  # noqa: E402
+from eval_suite.model import EvalModel  # noqa: E402
 from eval_suite.settings import LOCAL_TASKS, EvalConfig  # noqa: E402
 
 ROOT = os.path.dirname(_here)

@@ -18,6 +18,8 @@ from typing import Dict
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pretrain.param_groups import no_decay, parameter_groups
+
 
 def _is_cuda(device) -> bool:
     if isinstance(device, int):
@@ -68,8 +70,6 @@ def build_optimizer(ddp_model, optim, distributed_optimizer: bool):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
     from megatron.core.optimizer_param_scheduler import ParamGroupOverride
-
-    from pretrain.optim import no_decay
 
     config = OptimizerConfig(optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
                              adam_beta1=optim.betas[0], adam_beta2=optim.betas[1], adam_eps=optim.eps,
@@ -213,8 +213,6 @@ class _CheckpointView:
     the distributed optimizer (data-parallel rank 0 gets the moments: it writes them)."""
 
     def __init__(self, path: MegatronAdamW):
-        from pretrain.optim import parameter_groups
-
         self.path = path
         optim = path.optim
         self.param_groups = torch.optim.AdamW(parameter_groups(path.module, optim), lr=optim.lr,

@@ -1,5 +1,5 @@
-"""AdamW with weight decay only where it belongs, the learning-rate schedule (a pure function of the
-step, so a resumed run needs no scheduler state), and the optimizer path the training loop drives.
+"""The optimizer path the training loop drives (AdamW; which parameters decay: pretrain/param_groups.py;
+the learning rate: pretrain/schedule.py).
 
 Two paths with one interface (``optim.implementation``): torch's AdamW over gradients averaged here
 (``TorchAdamW``; CPU, or any device), and Megatron-core's DDP and (distributed) optimizer
@@ -13,35 +13,12 @@ so both paths write and read one checkpoint format.
 """
 
 import contextlib
-import math
-from typing import List
 
 import torch
 
 from pretrain import distributed as dist_
 from pretrain.config import OptimSection
-
-
-def no_decay(name: str, optim: OptimSection) -> bool:
-    return any(s in name for s in optim.no_decay)
-
-
-def parameter_groups(model: torch.nn.Module, optim: OptimSection) -> List[dict]:
-    """Two groups: decayed, and not decayed (names containing any of ``optim.no_decay``)."""
-    decay, exempt = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (exempt if no_decay(name, optim) else decay).append(p)
-    return [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
-            {"params": exempt, "weight_decay": 0.0, "name": "no_decay"}]
-
-
-def learning_rate(step: int, optim: OptimSection, train_steps: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``train_steps``."""
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, train_steps - optim.warmup_steps))
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * progress))
+from pretrain.param_groups import parameter_groups
 
 
 def implementation(optim: OptimSection, device: torch.device) -> str:

@@ -23,6 +23,7 @@ from pretrain.config import ConfigError, TrainConfig
 from pretrain import preflight
 from pretrain.data import ShardStream
 from pretrain import optim as optim_
+from pretrain.schedule import learning_rate
 from pretrain.preflight import model_config_of
 from titans_megatron.flops import matmul_parameters, training_flops_per_token
 
@@ -196,7 +197,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     batches = iter(data)
     model.train()
     while step < train_steps:
-        lr = optim_.learning_rate(step, optim_cfg, train_steps)
+        lr = learning_rate(step, optim_cfg, train_steps)
         opt.set_lr(lr)
         opt.zero_grad()
         loss_sum = 0.0

@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Tuple
 
-import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
+from titans_megatron.presets import preset_fields
 
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
 MAC_RETRIEVALS = ("previous_segment", "own_query")
@@ -166,8 +166,6 @@ class TitansConfig(TransformerConfig):
 
     @classmethod
     def from_preset(cls, name: str, variant: str = "mag", **overrides) -> "TitansConfig":
-        from titans_megatron.presets import preset_fields
-
         kwargs = {**preset_fields(name, variant), **overrides}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
@@ -175,15 +173,3 @@ class TitansConfig(TransformerConfig):
             raise ValueError(f"unknown TitansConfig field(s): {unknown}")
         return cls(**kwargs)
 
-
-# Defaults every preset shares (Llama-style blocks, as the paper's baselines).
-COMMON_FIELDS = dict(
-    normalization="RMSNorm",
-    gated_linear_unit=True,
-    activation_func=F.silu,
-    add_bias_linear=False,
-    layernorm_epsilon=1e-5,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-    use_cpu_initialization=True,
-)

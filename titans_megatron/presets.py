@@ -5,7 +5,19 @@ holds more than an attention block (memory projections beside the attention), so
 own block count, chosen to keep the total within 10% of the nominal size (README lists the counts).
 """
 
-from titans_megatron.config import COMMON_FIELDS
+import torch.nn.functional as F
+
+# Defaults every preset shares (Llama-style blocks, as the paper's baselines).
+COMMON_FIELDS = dict(
+    normalization="RMSNorm",
+    gated_linear_unit=True,
+    activation_func=F.silu,
+    add_bias_linear=False,
+    layernorm_epsilon=1e-5,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    use_cpu_initialization=True,
+)
 
 # size: (hidden, heads, ffn_hidden, {variant: layers}, extra fields)
 SIZES = {
@@ -29,34 +41,3 @@ def preset_fields(name: str, variant: str) -> dict:
         raise ValueError(f"unknown variant {variant!r}; variants: {list(layers)}")
     return dict(COMMON_FIELDS, variant=variant, hidden_size=hidden, num_attention_heads=heads,
                 ffn_hidden_size=ffn, num_layers=layers[variant], **extra)
-
-
-def parameter_count(name: str, variant: str) -> int:
-    """Exact parameter count of a preset (built without initialising: nothing is filled)."""
-    from titans_megatron.config import TitansConfig
-    from titans_megatron.model import build_model
-
-    model = build_model(TitansConfig.from_preset(name, variant=variant, perform_initialization=False))
-    return sum(p.numel() for p in model.parameters())
-
-
-def markdown_table() -> str:
-    """The README's preset table: python -m titans_megatron.presets"""
-    variants = list(SIZES["tiny"][3])
-    lines = ["| preset | hidden / heads / ffn | " + " | ".join(variants) + " |",
-             "|---|---|" + "---|" * len(variants)]
-    for name, (hidden, heads, ffn, layers, _) in SIZES.items():
-        cells = []
-        for v in variants:
-            n = parameter_count(name, v)
-            off = f", {100 * (n / NOMINAL[name] - 1):+.1f}%" if name in NOMINAL else ""
-            cells.append(f"{layers[v]} blocks, {n:,}{off}")
-        lines.append(f"| {name} | {hidden} / {heads} / {ffn} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    print(markdown_table())

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eval_suite.checkpoint import inspect
-from eval_suite.model import EvalInputError
+from eval_suite.errors import EvalInputError
 from tests.pretrain.conftest import SEQ
 
 

@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.utils import postprocess_generated_text
 
 from eval_suite.harness import TitansHarnessLM, check_tasks, run_tasks, task_metrics
-from eval_suite.model import EvalInputError
+from eval_suite.errors import EvalInputError
 from eval_suite.settings import LOCAL_TASKS
 from tests.pretrain.conftest import ROOT
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from eval_suite import jsonl
-from eval_suite.model import EvalInputError
+from eval_suite.errors import EvalInputError
 
 
 def read(path):

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_suite.model import EvalInputError, EvalModel
+from eval_suite.errors import EvalInputError
+
+from eval_suite.model import EvalModel
 
 
 def direct(model, context, target):

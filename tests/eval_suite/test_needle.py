@@ -8,7 +8,8 @@ import re
 import pytest
 
 from eval_suite import needle
-from eval_suite.model import Codec, EvalInputError
+from eval_suite.codec import Codec
+from eval_suite.errors import EvalInputError
 
 LENGTHS = (256, 384, 512)  # the tiny tokenizer needs about 200 tokens for the instruction, needle and question
 DEPTHS = (0, 12.5, 50, 100)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from eval_suite import perplexity
-from eval_suite.model import EvalInputError
+from eval_suite.errors import EvalInputError
 
 
 def logprobs(model, inputs, n_targets, targets):

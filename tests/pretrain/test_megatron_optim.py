@@ -34,7 +34,7 @@ def loss_of(model, tokens):
 def reference_losses():
     """One process, torch AdamW, the torch path's parameter groups (no decay on optim.no_decay names)."""
     from pretrain.config import OptimSection
-    from pretrain.optim import parameter_groups
+    from pretrain.param_groups import parameter_groups
     from titans_megatron import build_model
 
     optim = OptimSection(**OPTIM)
@@ -82,7 +82,7 @@ def test_default_decay_rule():
     """No decay on norms, biases, the memory's gates and initial weights; every projection decays,
     LMM's hidden x hidden output gate included."""
     from pretrain.config import OptimSection
-    from pretrain.optim import parameter_groups
+    from pretrain.param_groups import parameter_groups
     from titans_megatron import TitansConfig, build_model
 
     config = TitansConfig.from_preset("tiny", variant="lmm", seq_length=32, vocab_size=300, hidden_size=64,

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from titans_megatron.presets import NOMINAL, SIZES, parameter_count
+from titans_megatron.preset_table import parameter_count
+from titans_megatron.presets import NOMINAL, SIZES
 
 README = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
 CASES = [(name, variant) for name in SIZES for variant in SIZES[name][3]]
