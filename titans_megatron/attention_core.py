@@ -2,7 +2,8 @@
 
 Works on per-head tensors [B, H, T, d] on any device. Two kernels compute the same function:
 - ``sdpa``: torch's scaled_dot_product_attention with an explicit boolean mask (any device; the mask
-  costs O(T^2) memory);
+  costs O(T^2) memory), or ``is_causal=True`` and no mask where the mask is the plain lower triangle
+  (full causal attention with no prefix: Transformer++), which keeps SDPA's flash kernel available;
 - ``flex``: torch's flex_attention with a block mask built from the same rule (compiled on CUDA,
   where it skips fully masked blocks; runs uncompiled on CPU, which is how it is tested there).
 ``auto`` takes ``sdpa`` for now: the compiled flex path has not yet run on a GPU here (a
@@ -66,6 +67,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "sdpa" if backend == "auto" else backend
 
 
+def is_plain_causal(num_queries: int, num_keys: int, num_prefix: int, window: Optional[int], query_offset: int,
+                    aligned: bool) -> bool:
+    """The mask is exactly the lower triangle (no prefix, no window that cuts, queries = keys)."""
+    return (num_prefix == 0 and not aligned and query_offset == 0 and num_queries == num_keys
+            and (window is None or window >= num_keys))
+
+
 def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0,
                        backend: str = "auto", aligned_k=None, aligned_v=None):
     """softmax(q k^T / sqrt(d)) v over [prefix || keys || aligned], masked as ``attention_mask`` says.
@@ -81,6 +89,9 @@ def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[i
     if resolve_backend(backend, q.device) == "flex":
         block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device), aligned)
         return _flex_kernel(q.device.type == "cuda")(q, k, v, block_mask=block_mask)
+    if is_plain_causal(q.shape[2], num_keys, num_prefix, window, query_offset, aligned):
+        # no explicit mask: SDPA may take its flash / memory-efficient kernels (Transformer++'s path)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     mask = attention_mask(q.shape[2], num_prefix, window, q.device, query_offset, num_keys)
     if aligned:
         mask = torch.cat([mask, mask[:, num_prefix:]], dim=1)

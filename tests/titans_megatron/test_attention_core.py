@@ -31,6 +31,40 @@ def test_kernels_agree(window, prefix, offset):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend}: {m}")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_plain_causal_takes_sdpa_is_causal_and_equals_the_mask(seed, monkeypatch):
+    """Full causal attention with no prefix (Transformer++) calls SDPA with is_causal=True and no mask,
+    and gives the explicit mask's output at random shapes; anything else keeps the mask."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, T, d = (int(torch.randint(1, n, (1,), generator=g)) for n in (3, 5, 50, 33))
+    q, k, v = (torch.randn(B, H, T, d, generator=g, dtype=torch.float64) for _ in range(3))
+    window = [None, T, T + 5][seed % 3]  # a window no shorter than the sequence cuts nothing
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    out = prefixed_attention(q, k, v, window=window, backend="sdpa")
+    assert calls[-1].get("is_causal") is True and calls[-1].get("attn_mask") is None
+    mask = attention_mask(T, 0, window, q.device)
+    torch.testing.assert_close(out, sdpa(q, k, v, attn_mask=mask), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, direct(q, k, v, q[:, :, :0], v[:, :, :0], window, 0), rtol=1e-10, atol=1e-10)
+    if T > 1:  # a window that cuts, or a prefix, keeps the explicit mask
+        prefixed_attention(q, k, v, window=T - 1, backend="sdpa")
+        assert calls[-1].get("attn_mask") is not None
+        prefixed_attention(q, k, v, q[:, :, :1], v[:, :, :1], backend="sdpa")
+        assert calls[-1].get("attn_mask") is not None
+
+
+def test_transformer_pp_forward_uses_is_causal(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    model = build_model(small_config("transformer++", attention_backend="sdpa"))
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 32), generator=torch.Generator().manual_seed(0)))
+    assert calls and all(kw.get("is_causal") is True and kw.get("attn_mask") is None for kw in calls)
+
 @pytest.mark.parametrize("window,prefix,offset", [(None, 0, 0), (None, 3, 6), (5, 2, 0)])
 def test_aligned_keys_are_seen_like_the_key_at_their_position(window, prefix, offset):
     """A second key per position (MAC's own-query retrievals): a direct loop over queries, each
