@@ -7,8 +7,8 @@ One process, one device. A step: forward + backward over ``micro_batch`` sequenc
 (throughput does not depend on the text), gradient clipping, AdamW. Median of ``repeats`` steps after
 ``warmup`` (the first compiles the Triton kernels). MFU = model FLOPs per token (titans_megatron/flops.py:
 6 x matmul parameters + attention over the keys each query sees + the memory's dual-form matmuls) x
-tokens/s over the peak: ``peak_tflops`` from the config (the card's bf16 dense figure) when given, and
-always a GEMM of the run's dtype measured in the same run.
+tokens/s over the peak: the card's bf16 dense figure (``peak_tflops`` in the config, else detected from
+its name: pretrain/device_peak.py), and always a GEMM of the run's dtype measured in the same run.
 
     python bench/train_step.py --config configs/bench/train_step.json --output bench/results/train_step_gpu_h100
     python bench/train_step.py --config configs/bench/train_step_smoke.json   # CPU, tiny preset, end to end
@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from bench.config import read_config  # noqa: E402
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
 from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
+from pretrain.device_peak import peak_tflops  # noqa: E402
 
 BASELINE = "transformer++"
 REQUIRED = ("device", "precision", "preset", "variants", "seq_length", "micro_batch", "warmup", "repeats",
@@ -119,7 +120,7 @@ def targets(rows, peak, applicable):
 
 def report(cfg, rows, measured_peak, config_path, device):
     machine = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_description()
-    nominal = cfg.get("peak_tflops")
+    nominal = peak_tflops(device, cfg.get("peak_tflops"))
     peak = nominal or measured_peak
     meta = {"command": "python bench/train_step.py " + " ".join(sys.argv[1:]), "config": config_path,
             "date": datetime.date.today().isoformat(), "device": machine, "torch": torch.__version__,

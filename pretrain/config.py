@@ -112,8 +112,9 @@ class LogSection:
     """TensorBoard event files and metrics.jsonl (default: <checkpoint dir>/tensorboard)."""
     interval: int = at_least(1, 10)
     peak_tflops: Optional[float] = above(0, None)
-    """One device's peak (bf16 dense) TFLOP/s; MFU (model FLOPs per token, titans_megatron/flops.py, x
-    tokens/s over devices x peak) is logged when set."""
+    """One device's peak (bf16 dense) TFLOP/s for MFU (model FLOPs per token, titans_megatron/flops.py, x
+    tokens/s over devices x peak); unset: from the device's name (H100, H200, A100, B200:
+    pretrain/device_peak.py), and no MFU on CPU or an unknown card."""
 
 
 @dataclass

@@ -118,12 +118,13 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, norm: float) -> None
                 p.grad.mul_(scale)
 
 
-def mean_over_data_parallel(value: float, layout: Layout) -> float:
+def mean_over_data_parallel(value: torch.Tensor, layout: Layout) -> float:
+    """The data-parallel mean of a 0-d tensor on ``layout.device``, read on the host once."""
     if layout.data == 1:
-        return value
+        return float(value)
     from megatron.core import parallel_state
 
-    t = torch.tensor([value], dtype=torch.float64, device=layout.device)  # NCCL reduces GPU tensors only
+    t = value.detach().to(layout.device, torch.float64).reshape(1).clone()  # NCCL reduces GPU tensors only
     dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
     return float(t) / layout.data
 

@@ -22,6 +22,7 @@ from pretrain import distributed as dist_
 from pretrain.config import ConfigError, TrainConfig
 from pretrain import preflight
 from pretrain.data import ShardStream
+from pretrain.device_peak import peak_tflops
 from pretrain import optim as optim_
 from pretrain.schedule import learning_rate
 from pretrain.preflight import model_config_of
@@ -131,6 +132,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     accumulation = sched.global_batch // (sched.micro_batch * layout.data)
     tokens_per_step = sched.global_batch * model_config.seq_length
     flops_per_token = training_flops_per_token(model_config, matmul_parameters(model))
+    peak = peak_tflops(layout.device, config.log.peak_tflops)
     say(f"{layout.world} process(es): tensor {layout.tensor} x data {layout.data}; {accumulation} micro-batches "
         f"of {sched.micro_batch} per step and rank; {train_steps} steps of {tokens_per_step:,} tokens; "
         f"{optim_.implementation(optim_cfg, layout.device)} optimizer")
@@ -174,8 +176,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             elapsed = time.time() - window_start
             tps = window_tokens / max(elapsed, 1e-9)
             record["tokens_per_s"] = tps
-            record["mfu"] = (flops_per_token * tps / (layout.world * config.log.peak_tflops * 1e12)
-                             if config.log.peak_tflops else None)
+            record["mfu"] = flops_per_token * tps / (layout.world * peak * 1e12) if peak else None
             record["memory_mib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else _rss_bytes()) / 2**20
             eta = (train_steps - step) * tokens_per_step / max(tps, 1e-9)
@@ -200,12 +201,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         lr = learning_rate(step, optim_cfg, train_steps)
         opt.set_lr(lr)
         opt.zero_grad()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=layout.device)  # read once per step, not per micro-batch
         for micro in range(accumulation):
             with opt.micro_batch(last=micro == accumulation - 1):
                 loss = language_model_loss(opt.model, next(batches), config.run.precision)
                 (loss / accumulation).backward()
-            loss_sum += loss.item() / accumulation
+            loss_sum += loss.detach().double() / accumulation
         grad_norm = opt.reduce_gradients()
         loss_sum = dist_.mean_over_data_parallel(loss_sum, layout)
         step += 1  # a skipped step's batches are consumed too, so a resume sees the same data
