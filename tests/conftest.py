@@ -1,7 +1,13 @@
+"""Fixtures the test folders share (session-scoped: each is made once per run), and the GPU skip.
+Plain helpers are in tests/helpers.py."""
+
+import json
 import os
 
 import pytest
 import torch
+
+from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, run_train, tiny_overrides
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
@@ -16,3 +22,59 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A sentencepiece model (1,000 pieces) trained once on the shipped corpus (data_prep tests)."""
+    path = tmp_path_factory.mktemp("tokenizer") / "corpus.model"
+    run_cli("train_tokenizer.py", "--input", CORPUS, "--vocab-size", 1000, "--output", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory):
+    """Shards of SEQ-token windows with a VOCAB-piece tokenizer: what the tiny training runs read."""
+    root = tmp_path_factory.mktemp("train_shards")
+    run_cli("train_tokenizer.py", "--input", CORPUS, "--vocab-size", VOCAB, "--output", root / "tok.model")
+    run_cli("tokenize.py", "--input", CORPUS, "--tokenizer", root / "tok.model", "--output", root / "shards",
+            "--seq-len", SEQ, "--seqs-per-shard", 64, "--val-docs", 8, "--workers", 1)
+    return root / "shards"
+
+
+EVAL_STEPS = {"schedule.train_steps": 8, "checkpoint.interval": 4, "eval.interval": 4}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(train_shards, tmp_path_factory):
+    """{variant: checkpoint folder} for mag and transformer++ (8 steps each; eval_suite tests)."""
+    root = tmp_path_factory.mktemp("eval_checkpoints")
+    out = {}
+    for variant in ("mag", "transformer++"):
+        out[variant] = root / variant.replace("+", "p")
+        run_train(tiny_overrides(train_shards, out[variant], **EVAL_STEPS, **{"model.variant": variant}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mag(checkpoints):
+    from eval_suite.model import EvalModel
+
+    return EvalModel.load(str(checkpoints["mag"]), batch_size=3)
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory):
+    """DATA_DIR with small WikiText-103 (3 articles, the raw format) and LAMBADA (6 passages) files."""
+    root = tmp_path_factory.mktemp("eval_data")
+    (root / "wikitext103").mkdir()
+    articles = []
+    for i, text in enumerate(corpus_texts(3)):
+        words = text.split()[:60 + 40 * i]
+        body = " ".join(words[:30]) + " \n \n = = Section = = \n \n " + " ".join(words[30:])
+        articles.append(f" = Article {i} = \n \n {body} \n \n")
+    (root / "wikitext103" / "test.txt").write_text("".join(articles), encoding="utf-8")
+    (root / "lambada_openai").mkdir()
+    passages = [" ".join(t.split()[:12 + 9 * i]) for i, t in enumerate(corpus_texts(6, skip=3))]
+    (root / "lambada_openai" / "test.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in passages))
+    return root

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.data_prep.conftest import CORPUS, corpus_docs, run_cli, tokenize
+from tests.helpers import CORPUS, corpus_docs, run_cli, tokenize
 
 
 def _jsonl(path, records, compress=False):

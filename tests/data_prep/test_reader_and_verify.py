@@ -5,7 +5,7 @@ import json
 import pytest
 
 from data_prep.reader import webdataset_for_rank
-from tests.data_prep.conftest import CORPUS, run_cli, tokenize
+from tests.helpers import CORPUS, run_cli, tokenize
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.data_prep.conftest import CORPUS, ROOT, shard_bytes, tokenize
+from tests.helpers import CORPUS, ROOT, shard_bytes, tokenize
 
 ARGS = ["--seq-len", 32, "--seqs-per-shard", 8, "--docs-per-part", 6, "--val-docs", 7, "--workers", 2]
 

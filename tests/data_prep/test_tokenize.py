@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 
 from data_prep.shards import read_shard
-from tests.data_prep.conftest import CORPUS, corpus_docs, run_cli, shard_bytes, tokenize
+from tests.helpers import CORPUS, corpus_docs, run_cli, shard_bytes, tokenize
 
 
 def _samples(out, split):

@@ -5,7 +5,7 @@ import shutil
 
 import sentencepiece as spm
 
-from tests.data_prep.conftest import CORPUS, run_cli
+from tests.helpers import CORPUS, run_cli
 
 
 def test_llama2_layout(tokenizer):

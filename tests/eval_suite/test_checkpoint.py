@@ -8,7 +8,7 @@ import pytest
 
 from eval_suite.checkpoint import inspect
 from eval_suite.errors import EvalInputError
-from tests.pretrain.conftest import SEQ
+from tests.helpers import SEQ
 
 
 def test_run_and_iteration_folders(checkpoints):

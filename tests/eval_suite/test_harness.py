@@ -19,7 +19,7 @@ from lm_eval.models.utils import postprocess_generated_text
 from eval_suite.harness import TitansHarnessLM, check_tasks, run_tasks, task_metrics
 from eval_suite.errors import EvalInputError
 from eval_suite.settings import LOCAL_TASKS
-from tests.pretrain.conftest import ROOT
+from tests.helpers import ROOT
 
 TASKS = ROOT / "tests" / "eval_suite" / "tasks"  # their data_files are relative to ROOT
 ABS = 1e-4

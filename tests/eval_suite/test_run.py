@@ -9,7 +9,7 @@ import pytest
 
 from eval_suite import report
 from eval_suite import run as evaluation
-from tests.pretrain.conftest import ROOT
+from tests.helpers import ROOT
 
 TASKS_DIR = ROOT / "tests" / "eval_suite" / "tasks"
 FAST = ["--set", "needle.lengths=[256,320]", "--set", "needle.depths=[0,100]", "--set", "needle.samples=1",

@@ -7,7 +7,7 @@ import pytest
 
 from eval_suite import settings
 from pretrain.config import ConfigError
-from tests.pretrain.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("override, expected", [

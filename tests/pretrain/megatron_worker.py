@@ -3,7 +3,6 @@ Megatron-core DDP and optimizer, its AdamW state carried through param_moments /
 into a fresh model and optimizer after step 2; rank 0 writes the per-step losses."""
 
 import json
-import os
 import sys
 import warnings
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pretrain.data import DataError, ShardStream
-from tests.data_prep.conftest import CORPUS, run_cli
+from tests.helpers import CORPUS, run_cli
 
 SEQ = 32
 

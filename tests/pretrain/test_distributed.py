@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.pretrain.conftest import ROOT, losses, run_train, tiny_overrides
+from tests.helpers import ROOT, losses, run_train, tiny_overrides
 
 STEPS = {"schedule.train_steps": 6, "checkpoint.interval": 3, "eval.interval": 0}
 

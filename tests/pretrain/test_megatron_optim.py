@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.pretrain.conftest import ROOT
+from tests.helpers import ROOT
 
 OPTIM = dict(lr=1e-3, min_lr=1e-4, weight_decay=5.0)  # large: the decay rule shows in the losses
 

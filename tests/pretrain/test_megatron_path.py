@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.pretrain.conftest import losses, run_train, tiny_overrides
+from tests.helpers import losses, run_train, tiny_overrides
 from tests.pretrain.test_distributed import STEPS, torchrun
 
 MEGATRON = {"optim.implementation": "megatron", "optim.bucket_size": 4000}  # several buckets

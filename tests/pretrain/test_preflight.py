@@ -2,7 +2,7 @@
 
 import json
 
-from tests.pretrain.conftest import run_train, tiny_overrides
+from tests.helpers import run_train, tiny_overrides
 
 
 def check(overrides, world=2):

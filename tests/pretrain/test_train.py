@@ -11,7 +11,7 @@ import pytest
 
 from pretrain import trainer
 from pretrain.config import load_config
-from tests.pretrain.conftest import ROOT, losses, run_train, tiny_overrides, train_cmd
+from tests.helpers import ROOT, losses, run_train, tiny_overrides, train_cmd
 
 
 def test_loss_falls_and_outputs_exist(train_shards, tmp_path):

@@ -10,8 +10,6 @@ import subprocess
 
 import pytest
 
-from tests.pretrain.conftest import train_shards  # noqa: F401  (the shards the jobs train on)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 

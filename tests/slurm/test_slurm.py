@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from tests.pretrain.conftest import ROOT, losses, tiny_overrides
+from tests.helpers import ROOT, losses, tiny_overrides
 
 STEPS = {"schedule.train_steps": 24, "checkpoint.interval": 8, "eval.interval": 0, "log.interval": 4}
 

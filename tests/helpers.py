@@ -1,24 +1,44 @@
-"""Shards and a tiny training config shared by the pretrain tests."""
+"""Helpers the test folders share (fixtures are in tests/conftest.py): the repository's paths, the CLI
+runners of data_prep and pretrain, and the tiny training configuration."""
 
+import gzip
 import json
+import pathlib
 import subprocess
 import sys
 
-import pytest
-
-from tests.data_prep.conftest import CORPUS, ROOT, run_cli
-
-SEQ = 32
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data_prep" / "corpus" / "python_docs.jsonl.gz"
+SEQ = 32  # the tiny training runs' sequence length and vocabulary (train_shards)
 VOCAB = 600
 
 
-@pytest.fixture(scope="session")
-def train_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_shards")
-    run_cli("train_tokenizer.py", "--input", CORPUS, "--vocab-size", VOCAB, "--output", root / "tok.model")
-    run_cli("tokenize.py", "--input", CORPUS, "--tokenizer", root / "tok.model", "--output", root / "shards",
-            "--seq-len", SEQ, "--seqs-per-shard", 64, "--val-docs", 8, "--workers", 1)
-    return root / "shards"
+def run_cli(script, *args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, str(ROOT / "data_prep" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def corpus_docs():
+    with gzip.open(CORPUS, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def corpus_texts(n, skip=0):
+    return [" ".join(d["text"].split()) for d in corpus_docs()[skip:skip + n]]
+
+
+def tokenize(tokenizer, src, out, *extra, check=True):
+    return run_cli("tokenize.py", "--input", src, "--tokenizer", tokenizer, "--output", out, "--seq-len", 64,
+                   "--seqs-per-shard", 16, "--docs-per-part", 25, "--workers", 2, *extra, check=check)
+
+
+def shard_bytes(directory):
+    """{relative path: bytes} of every file under ``directory``."""
+    root = pathlib.Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def tiny_overrides(shards, ckpt, **extra):
