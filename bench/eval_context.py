@@ -104,7 +104,7 @@ def build(variant, cfg, device):
 
 def measure(model, length, cfg, device, row):
     """Time both paths at context ``length``, fill ``row``; a failing path records its error."""
-    from pretrain.trainer import autocast
+    from pretrain.language_model import autocast
 
     piece, batch = cfg.get("piece_length", cfg["seq_length"]), cfg["batch"]
     g = torch.Generator().manual_seed(length)

@@ -1,5 +1,5 @@
 """Training throughput per variant against Transformer++: tokens/s per device and MFU of one optimizer
-step, every model trained by the training loop's own code (pretrain.trainer.language_model_loss, the
+step, every model trained by the training loop's own code (pretrain.language_model.language_model_loss, the
 AdamW groups of pretrain.optim, the clipping of pretrain.distributed) at the preset's size, where each
 variant's block count keeps the parameter count within 10% of the others (README preset table).
 
@@ -49,7 +49,7 @@ def load_config(path):
 def make_step(variant, cfg, device, layout):
     from pretrain import optim as optim_
     from pretrain.config import OptimSection
-    from pretrain.trainer import language_model_loss
+    from pretrain.language_model import language_model_loss
     from titans_megatron import TitansConfig, build_model
     from titans_megatron.flops import matmul_parameters, training_flops_per_token
 
@@ -165,7 +165,7 @@ def main():
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
     from pretrain.config import ConfigError
-    from pretrain.trainer import check_training_precision
+    from pretrain.language_model import check_training_precision
 
     try:
         check_training_precision(cfg["precision"], device)

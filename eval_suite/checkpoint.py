@@ -95,7 +95,6 @@ def _codec(path: str, label: str, vocab_size: int) -> Codec:
 def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     """Everything about the checkpoint at ``path`` that can be known without building its model."""
     from pretrain.config import ConfigError, config_from_dict
-    from pretrain.preflight import model_config_of
 
     folder, via_latest = _resolve(path)
     label = f"checkpoint {path}" + (f" ({os.path.basename(folder)})" if via_latest else "")
@@ -114,7 +113,7 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     here = {**config, "parallel": {**config.get("parallel", {}), "tensor": 1, "sequence": False}}
     try:
         train_config = config_from_dict(here, f"{label}: {STATE_FILE}")
-        model_config = model_config_of(train_config, perform_initialization=False)
+        model_config = train_config.model_config(perform_initialization=False)
     except (ConfigError, ValueError, TypeError) as e:
         raise EvalInputError(f"{label}: its training configuration does not make a model ({e})") from e
     tokenizer = find_tokenizer(label, train_config.data.dir, tokenizer)

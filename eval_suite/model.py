@@ -59,7 +59,7 @@ class EvalModel(Codec):
     # scoring
 
     def _autocast(self):
-        from pretrain.trainer import autocast
+        from pretrain.language_model import autocast
 
         return autocast(self.config.run.precision, self.device)
 

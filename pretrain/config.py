@@ -162,6 +162,16 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def model_config(self, perform_initialization: bool = True):
+        """The TitansConfig this run trains (preset, variant, overrides, parallel layout); its own checks
+        raise ValueError naming the field."""
+        from titans_megatron import TitansConfig  # megatron-core takes seconds to import: only when needed
+
+        parallel = dict(tensor_model_parallel_size=self.parallel.tensor, sequence_parallel=self.parallel.sequence)
+        return TitansConfig.from_preset(self.model.preset, variant=self.model.variant,
+                                        perform_initialization=perform_initialization,
+                                        **{**parallel, **self.model.overrides})
+
 
 CHOICES = {("run", "precision"): ("auto", "bf16", "fp32"), ("optim", "implementation"): ("auto", "megatron", "torch")}
 EXCLUSIVE = {("schedule", "train_steps"): "train_tokens", ("schedule", "train_tokens"): "train_steps"}

@@ -11,7 +11,7 @@ resumed run sees exactly the batches an uninterrupted run would (with the same d
 """
 
 import os
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -30,8 +30,9 @@ def _rng(*key: int) -> np.random.Generator:
 
 class ShardStream:
     def __init__(self, directory: str, split: str, dp_rank: int, dp_world: int, micro_batch: int, seed: int,
-                 seq_length: int):
-        manifest = manifest_of(directory)
+                 seq_length: int, manifest: Optional[dict] = None):
+        """``manifest``: the directory's manifest.json when the caller has read it already."""
+        manifest = manifest or manifest_of(directory)
         if manifest["seq_len"] != seq_length:
             raise DataError(f"{directory}: shards hold windows of seq_len {manifest['seq_len']}, but the model's "
                             f"seq_length is {seq_length} (retokenize with --seq-len {seq_length}, or set seq_length)")

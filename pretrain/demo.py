@@ -21,7 +21,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-from pretrain.trainer import EXIT_REQUEUE  # noqa: E402
+from pretrain.stopping import EXIT_REQUEUE  # noqa: E402
 
 ROOT = os.path.dirname(_here)
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")

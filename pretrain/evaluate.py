@@ -23,7 +23,7 @@ def restore(checkpoint_dir, layout=None):
     None) whatever size it was saved at. Returns (train config, model config, model, saved train state)."""
     from pretrain import checkpoint as ckpt
     from pretrain.config import config_from_dict
-    from pretrain.trainer import build
+    from titans_megatron import build_model
 
     path = ckpt.latest_dir(checkpoint_dir) or checkpoint_dir
     state_file = os.path.join(path, "train_state.json")
@@ -36,18 +36,19 @@ def restore(checkpoint_dir, layout=None):
     here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
                                      "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
     config = config_from_dict(here, state_file)
-    model_config, model = build(config)
+    model_config = config.model_config()
+    model = build_model(model_config, seed=config.run.seed)
     ckpt.load(path, model, None, config.as_dict(), layout)
     model.to(layout.device if layout else torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return config, model_config, model, {**saved, "path": path}
 
 
 def validation(checkpoint_dir, data_dir=None, batches=None):
-    from pretrain.trainer import evaluate
+    from pretrain.language_model import validation_loss
 
     config, model_config, model, saved = restore(checkpoint_dir)
     data = data_dir or config.data.dir
-    loss = evaluate(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches,
+    loss = validation_loss(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches,
                     config.run.precision)
     return {"checkpoint": saved["path"], "step": saved["step"], "data": data, "val_loss": loss,
             "val_perplexity": math.exp(loss)}

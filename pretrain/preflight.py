@@ -8,21 +8,13 @@ folder and what was expected.
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
+from typing import List
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import DataError, ShardStream
 from data_prep.reader import manifest_of
-
-
-def model_config_of(config: TrainConfig, perform_initialization: bool = True):
-    """The TitansConfig of a training config (its own checks raise ValueError naming the field)."""
-    from titans_megatron import TitansConfig
-
-    parallel = dict(tensor_model_parallel_size=config.parallel.tensor, sequence_parallel=config.parallel.sequence)
-    return TitansConfig.from_preset(config.model.preset, variant=config.model.variant,
-                                    perform_initialization=perform_initialization,
-                                    **{**parallel, **config.model.overrides})
 
 
 def _writable(directory: str) -> None:
@@ -36,8 +28,19 @@ def _writable(directory: str) -> None:
         raise ConfigError(f"checkpoint.dir {directory}: not writable ({e.strerror})") from e
 
 
-def check(config: TrainConfig, world: int) -> list:
-    """Raise ConfigError / DataError / CheckpointError for the first problem; return summary lines."""
+@dataclass
+class Plan:
+    """What the checks derived, handed to the trainer so that it does not derive it again."""
+
+    model_config: object  # titans_megatron.TitansConfig
+    train_steps: int
+    data_parallel: int
+    manifest: dict  # the shards' manifest.json
+    lines: List[str] = field(default_factory=list)  # the summary the run prints first
+
+
+def check(config: TrainConfig, world: int) -> Plan:
+    """Raise ConfigError / DataError / CheckpointError for the first problem; return the plan."""
     for key in ("data.dir", "checkpoint.dir"):
         section, name = key.split(".")
         if not getattr(getattr(config, section), name):
@@ -49,7 +52,7 @@ def check(config: TrainConfig, world: int) -> list:
     if sched.global_batch % (sched.micro_batch * data_parallel):
         raise ConfigError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
                           f"({sched.micro_batch}) x data-parallel size ({data_parallel})")
-    model = model_config_of(config, perform_initialization=False)
+    model = config.model_config()  # a config only: nothing is built or initialised here
     steps = sched.steps(model.seq_length)
 
     data_dir = config.data.dir
@@ -60,9 +63,10 @@ def check(config: TrainConfig, world: int) -> list:
     if vocab != model.vocab_size:
         raise DataError(f"{data_dir}: the tokenizer has {vocab} tokens, the model's vocab_size is {model.vocab_size}; "
                         f"set model.overrides.vocab_size={vocab} or use shards made with the model's tokenizer")
-    train = ShardStream(data_dir, "train", 0, data_parallel, sched.micro_batch, config.data.seed, model.seq_length)
+    train = ShardStream(data_dir, "train", 0, data_parallel, sched.micro_batch, config.data.seed, model.seq_length,
+                        manifest)
     if config.eval.interval:
-        ShardStream(data_dir, "val", 0, 1, sched.micro_batch, config.data.seed, model.seq_length)
+        ShardStream(data_dir, "val", 0, 1, sched.micro_batch, config.data.seed, model.seq_length, manifest)
 
     _writable(config.checkpoint.dir)
     latest = ckpt.latest_dir(config.checkpoint.dir)
@@ -82,9 +86,10 @@ def check(config: TrainConfig, world: int) -> list:
 
     tokens = sched.global_batch * model.seq_length
     samples = sum(s["samples"] for s in train.shards)
-    return [f"model {config.model.preset} {config.model.variant}: {steps:,} steps x {tokens:,} tokens = "
-            f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x data {data_parallel}",
-            f"data {data_dir}: {len(train.shards)} train shards, {samples:,} windows of {model.seq_length} tokens "
-            f"({samples * model.seq_length / 1e9:.2f}B tokens, {steps * tokens / max(1, samples * model.seq_length):.2f} "
-            "epochs)",
-            f"checkpoints {config.checkpoint.dir}: {resume}"]
+    lines = [f"model {config.model.preset} {config.model.variant}: {steps:,} steps x {tokens:,} tokens = "
+             f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x data {data_parallel}",
+             f"data {data_dir}: {len(train.shards)} train shards, {samples:,} windows of {model.seq_length} tokens "
+             f"({samples * model.seq_length / 1e9:.2f}B tokens, {steps * tokens / max(1, samples * model.seq_length):.2f} "
+             "epochs)",
+             f"checkpoints {config.checkpoint.dir}: {resume}"]
+    return Plan(model, steps, data_parallel, manifest, lines)

@@ -36,7 +36,7 @@ def main(argv=None):
             from pretrain.preflight import check
 
             world = args.world or int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
-            print("\n".join(check(config, world)), flush=True)
+            print("\n".join(check(config, world).lines), flush=True)
             return 0
         return train(config, log=lambda line: print(line, flush=True))
     except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError, ValueError) as e:

@@ -96,8 +96,9 @@ def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeyp
 
 
 def test_signal_while_starting_asks_for_requeue(train_shards, tmp_path, monkeypatch):
-    real = trainer.build
-    monkeypatch.setattr(trainer, "build", lambda config: (os.kill(os.getpid(), signal.SIGTERM), real(config))[1])
+    real = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda config, seed: (os.kill(os.getpid(), signal.SIGTERM),
+                                                                      real(config, seed=seed))[1])
     lines = []
     assert trainer.train(_config(train_shards, tmp_path / "ckpt"), log=lines.append) == trainer.EXIT_REQUEUE
     assert "stopping at step 0 (signal SIGTERM)" in lines[-1]
