@@ -109,7 +109,7 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
     if missing:
         raise EvalInputError(f"{label}: saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}")
-    # as pretrain/evaluate.py's restore builds it: in one process
+    # as pretrain.checkpoint.load_model builds it: in one process
     here = {**config, "parallel": {**config.get("parallel", {}), "tensor": 1, "sequence": False}}
     try:
         train_config = config_from_dict(here, f"{label}: {STATE_FILE}")

@@ -44,11 +44,11 @@ class EvalModel(Codec):
              checked=None) -> "EvalModel":
         """``checked``: the folder's ``eval_suite.checkpoint.inspect`` (made here when None)."""
         from pretrain.checkpoint import CheckpointError
-        from pretrain.evaluate import restore
+        from pretrain.checkpoint import load_model
 
         checked = checked or inspect(checkpoint_dir, tokenizer)
         try:
-            config, model_config, model, saved = restore(checked.folder)
+            config, model_config, model, saved = load_model(checked.folder)
         except (FileNotFoundError, CheckpointError) as e:  # what inspect cannot see: the files' contents
             message = str(e)
             if message.startswith(checked.folder):  # pretrain's messages start with the folder: name it once

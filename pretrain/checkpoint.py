@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from pretrain import resharding
+from pretrain.config import config_from_dict
 
 LATEST = "latest"
 
@@ -142,3 +143,26 @@ def load(path: str, model, optimizer, config: dict, layout=None) -> dict:
     if optimizer is not None and same_layout and os.path.exists(rng):
         _set_rng_state(torch.load(rng, weights_only=False))
     return state
+
+
+def load_model(checkpoint_dir: str, layout=None):
+    """The model of a checkpoint, at this process's tensor-parallel size (``layout``; one process when
+    None) whatever size it was saved at. Returns (train config, model config, model, saved train state)."""
+    from titans_megatron import build_model  # megatron-core takes seconds to import: only when a model is built
+
+    path = latest_dir(checkpoint_dir) or checkpoint_dir
+    state_file = os.path.join(path, "train_state.json")
+    if not os.path.isfile(state_file):
+        raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
+    with open(state_file) as f:
+        saved = json.load(f)
+    tensor = layout.tensor if layout else 1
+    as_saved = saved["config"]
+    here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
+                                     "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
+    config = config_from_dict(here, state_file)
+    model_config = config.model_config()
+    model = build_model(model_config, seed=config.run.seed)
+    load(path, model, None, config.as_dict(), layout)
+    model.to(layout.device if layout else torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return config, model_config, model, {**saved, "path": path}

@@ -63,7 +63,7 @@ def main(argv=None):
     stage(f"3. train to step {half} of {args.steps}, then stop as if preempted",
           train + [f"run.stop_at_step={half}"], ok=(EXIT_REQUEUE,))
     stage("4. resume from the checkpoint and finish", train)
-    stage("5. evaluate the final checkpoint", [py, os.path.join(ROOT, "pretrain", "evaluate.py"), "--checkpoint", ckpt])
+    stage("5. evaluate the final checkpoint", [py, os.path.join(ROOT, "pretrain", "val_loss.py"), "--checkpoint", ckpt])
     report = os.path.join(work, "eval")
     stage("6. eval_suite: needle in a haystack, report", [py, os.path.join(ROOT, "eval_suite", "run.py"), "--checkpoint",
                                                           ckpt, "--config", EVAL_CONFIG, "--output", report])

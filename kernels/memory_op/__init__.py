@@ -14,8 +14,8 @@ import importlib.util
 import torch
 
 from kernels.memory_op.checks import check_arguments
-from kernels.memory_op.chunk import neural_memory_chunked
-from kernels.memory_op.naive import neural_memory_sequential
+from kernels.memory_op.torch_backend import neural_memory_chunked
+from kernels.memory_op.sequential import neural_memory_sequential
 from kernels.memory_op.triton_backend import neural_memory_triton
 
 # name -> implementation; every implementation takes the validated arguments plus the compute dtype.

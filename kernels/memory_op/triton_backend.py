@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from kernels.memory_op.chunk import _gate_chunks, neural_memory_chunked, without_autocast
+from kernels.memory_op.torch_backend import _gate_chunks, neural_memory_chunked, without_autocast
 from kernels.memory_op.gates import chunk_coefficients
 
 CHUNK_SIZES = (16, 32, 64)

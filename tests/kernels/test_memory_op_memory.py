@@ -3,7 +3,7 @@
 import torch
 
 from kernels import neural_memory
-from kernels.memory_op.chunk import KEPT_STATE_PER_TOKEN_IN_HEAD_DIMS
+from kernels.memory_op.torch_backend import KEPT_STATE_PER_TOKEN_IN_HEAD_DIMS
 from tests.kernels.memory_inputs import make_inputs
 
 

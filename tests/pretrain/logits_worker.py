@@ -10,12 +10,12 @@ import torch
 def main(out_path, *checkpoints):
     warnings.filterwarnings("ignore")
     from pretrain.distributed import init_distributed
-    from pretrain.evaluate import restore
+    from pretrain.checkpoint import load_model
 
     layout = init_distributed(int(__import__("os").environ.get("WORLD_SIZE", "1")))
     results = {}
     for path in checkpoints:
-        _, model_config, model, _ = restore(path, layout)
+        _, model_config, model, _ = load_model(path, layout)
         ids = torch.randint(0, model_config.vocab_size, (2, model_config.seq_length),
                             generator=torch.Generator().manual_seed(7))
         results[path] = model(ids).detach()

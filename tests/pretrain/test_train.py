@@ -115,12 +115,12 @@ def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path, capsys):
     assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
     assert not any(x.startswith("saved ") for x in lines) and final.stat().st_ino == inode
 
-    from pretrain import evaluate
+    from pretrain import val_loss
     other = tmp_path / "other_shards"  # the same shards, said to hold longer windows
     shutil.copytree(train_shards, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**manifest, "seq_len": manifest["seq_len"] * 2}))
-    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(other)]) == 2
+    assert val_loss.main(["--checkpoint", str(ckpt), "--data", str(other)]) == 2
     assert "error: " in capsys.readouterr().err
 
 

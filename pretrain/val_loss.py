@@ -1,6 +1,6 @@
 """Validation loss and perplexity of a checkpoint on the val split of a shard set.
 
-    python pretrain/evaluate.py --checkpoint CKPT_DIR [--data DIR] [--batches N]
+    python pretrain/val_loss.py --checkpoint CKPT_DIR [--data DIR] [--batches N]
 
 CKPT_DIR is a run's checkpoint folder (its ``latest`` is used) or one ``iter_NNNNNNN`` folder, saved at
 any tensor-parallel size (it is loaded into one process). The data defaults to the run's data.dir. The paper's full evaluation is eval_suite/run.py.
@@ -15,38 +15,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 
-import torch  # noqa: E402
-
-
-def restore(checkpoint_dir, layout=None):
-    """The model of a checkpoint, at this process's tensor-parallel size (``layout``; one process when
-    None) whatever size it was saved at. Returns (train config, model config, model, saved train state)."""
-    from pretrain import checkpoint as ckpt
-    from pretrain.config import config_from_dict
-    from titans_megatron import build_model
-
-    path = ckpt.latest_dir(checkpoint_dir) or checkpoint_dir
-    state_file = os.path.join(path, "train_state.json")
-    if not os.path.isfile(state_file):
-        raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
-    with open(state_file) as f:
-        saved = json.load(f)
-    tensor = layout.tensor if layout else 1
-    as_saved = saved["config"]
-    here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
-                                     "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
-    config = config_from_dict(here, state_file)
-    model_config = config.model_config()
-    model = build_model(model_config, seed=config.run.seed)
-    ckpt.load(path, model, None, config.as_dict(), layout)
-    model.to(layout.device if layout else torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return config, model_config, model, {**saved, "path": path}
-
 
 def validation(checkpoint_dir, data_dir=None, batches=None):
+    from pretrain.checkpoint import load_model
     from pretrain.language_model import validation_loss
 
-    config, model_config, model, saved = restore(checkpoint_dir)
+    config, model_config, model, saved = load_model(checkpoint_dir)
     data = data_dir or config.data.dir
     loss = validation_loss(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches,
                     config.run.precision)
