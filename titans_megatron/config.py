@@ -5,7 +5,7 @@ Invalid combinations fail at construction with a message naming the field.
 
 import math
 from dataclasses import dataclass, fields
-from typing import Tuple
+from typing import Optional, Tuple
 
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -34,8 +34,10 @@ class TitansConfig(TransformerConfig):
     memory_expansion: int = 4
     """Hidden width of the memory MLP in multiples of the head dim."""
     memory_chunk_size: int = 16
-    memory_lr_max: float = 0.02
-    """theta = lr_max * sigmoid(.) (choice; the paper leaves it open; docs/model.md, stability)."""
+    memory_lr_max: Optional[float] = None
+    """theta = lr_max * sigmoid(.) (choice; the paper leaves it open). None: 1 / memory_chunk_size, the
+    largest step the stability map bounds for every eta under the momentum average; on MQAR it learned
+    recall where 0.02 (the default before 2026-12-01) did not (docs/model.md, "Where the defaults stand")."""
     memory_value_norm: bool = True
     memory_momentum_ema: bool = True
     """Stability (choices; docs/model.md): L2-normalise the memory's values per head like its keys,
@@ -114,6 +116,10 @@ class TitansConfig(TransformerConfig):
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "conv_kernel", "seq_length", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.memory_lr_max is None:
+            self.memory_lr_max = 1.0 / self.memory_chunk_size
+        if self.memory_lr_max < 0:
+            raise ValueError(f"memory_lr_max must be >= 0, got {self.memory_lr_max}")
         if self.num_persistent_tokens < 0 or self.num_memory_tokens < 0:
             raise ValueError("num_persistent_tokens and num_memory_tokens must be >= 0")
         if self.variant in ("mag", "mal") and not 1 <= self.window_size <= self.seq_length:

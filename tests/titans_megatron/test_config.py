@@ -43,3 +43,13 @@ def test_unknown_preset_and_field():
 def test_window_ignored_by_variants_without_sliding_window():
     """A window longer than the sequence is fine where no sliding window exists (LMM, MAC, T++)."""
     assert small_config("lmm", window_size=4096).window_size == 4096
+
+
+def test_memory_lr_max_defaults_to_one_over_the_chunk():
+    """lr_max <= 1/C keeps the chunked memory bounded for every eta under the momentum average
+    (docs/model.md, stability map): the default follows the chunk size; an explicit value stays."""
+    assert TitansConfig.from_preset("tiny", "lmm", memory_chunk_size=32, segment_length=64).memory_lr_max == 1 / 32
+    assert TitansConfig.from_preset("tiny", "lmm").memory_lr_max == 1 / 16
+    assert TitansConfig.from_preset("tiny", "lmm", memory_lr_max=0.02).memory_lr_max == 0.02
+    with pytest.raises(ValueError, match="memory_lr_max"):
+        TitansConfig.from_preset("tiny", "lmm", memory_lr_max=-1.0)
