@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench setup clean
+.PHONY: test test-fast demo bench setup clean
 
 # torch first, pinned: an unpinned torch would pull the newest CUDA build with whatever the extras ask for.
 $(VENV)/.installed: pyproject.toml
@@ -19,8 +19,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Two workers (pytest-xdist, one thread each: tests/conftest.py); SLURM tests share one worker's cluster.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The inner loop (well under 3 minutes on 2 cores): in-process tests only; one that starts a process
+# fails here until it is marked `process` (tests/conftest.py).
+test-fast: $(VENV)/.installed
+	TITANS_TEST_FAST=1 $(PY) -m pytest -m "not process and not slow" $(PYTEST_ARGS)
 
 # The whole path on CPU: tokenizer -> shards -> train tiny MAG -> preempt -> resume -> evaluate.
 demo: $(VENV)/.installed

@@ -3,11 +3,18 @@ Plain helpers are in tests/helpers.py."""
 
 import json
 import os
+import subprocess
 
 import pytest
 import torch
 
 from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, run_train, tiny_overrides
+
+# `make test` runs the suite in two pytest-xdist workers: one thread each (and for the processes they
+# start), so two workers share 2 cores without oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
@@ -15,13 +22,31 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Fixtures that spawn processes (tokenizer training, tokenization, training runs, a SLURM cluster):
+# a test using one is a `process` test, left out of `make test-fast`.
+SPAWNING_FIXTURES = {"tokenizer", "train_shards", "checkpoints", "mag", "slurm_cluster", "tp_runs"}
+FAST_TIER = os.environ.get("TITANS_TEST_FAST") == "1"  # set by `make test-fast`
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if skip and "gpu" in item.keywords:
             item.add_marker(skip)
+        if SPAWNING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_in_the_fast_tier(monkeypatch):
+    """Under `make test-fast` a test that starts a process fails, naming the marker it lacks: the fast
+    tier cannot quietly grow slow."""
+    if FAST_TIER:
+        def refuse(*args, **kwargs):
+            raise AssertionError("this test starts a process: mark it `process` (pytestmark or "
+                                 "@pytest.mark.process), which keeps it out of make test-fast")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

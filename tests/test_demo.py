@@ -4,6 +4,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -33,12 +33,14 @@ def _run_as_script(tmp_path, body):
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
 
 
+@pytest.mark.process
 def test_stdlib_named_script_breaks_without_guard(tmp_path):
     """The hazard is real: a script named tokenize.py that imports torch fails when run by path."""
     proc = _run_as_script(tmp_path, "import torch\n")
     assert proc.returncode != 0 and "tokenize" in proc.stderr
 
 
+@pytest.mark.process
 def test_path_guard_fixes_it(tmp_path):
     proc = _run_as_script(tmp_path, PATH_GUARD + "import inspect, torch\nprint(inspect.getsource(inspect.getfile)[:3])\n")
     assert proc.returncode == 0, proc.stderr

@@ -12,6 +12,8 @@ import torch
 
 from tests.bench.scripts import ROOT, load_script
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 SMOKE = ROOT / "configs" / "bench" / "eval_context_smoke.json"
 
 

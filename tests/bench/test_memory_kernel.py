@@ -8,6 +8,8 @@ import pytest
 
 from tests.bench.scripts import ROOT, load_script
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 
 def test_flop_model_is_the_issue_formula():
     bench = load_script("memory_kernel")

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.bench.scripts import ROOT
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def test_stability_map_matches_the_known_bounds(tmp_path):

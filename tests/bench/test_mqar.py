@@ -12,6 +12,8 @@ import torch
 from bench.mqar_task import BOS, Vocab, loss_and_accuracy, make_batch, sequence_length
 from tests.bench.scripts import ROOT, load_script
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 VOCAB = Vocab(keys=20, values=24, filler=7)
 
 

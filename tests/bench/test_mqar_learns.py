@@ -9,6 +9,8 @@ import pytest
 
 from tests.bench.scripts import ROOT, load_script
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 
 @pytest.mark.slow
 def test_memory_recalls_two_windows_back():

@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.bench.scripts import ROOT
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def test_train_stability_smoke(tmp_path):

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.bench.scripts import ROOT
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def test_smoke_run_writes_a_report(tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import CORPUS, corpus_docs, run_cli, tokenize
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 
 def _jsonl(path, records, compress=False):
     data = "".join(json.dumps(r) + "\n" for r in records).encode()

@@ -7,6 +7,8 @@ import pytest
 from data_prep.reader import webdataset_for_rank
 from tests.helpers import CORPUS, run_cli, tokenize
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def shards(tokenizer, tmp_path_factory):

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import CORPUS, ROOT, shard_bytes, tokenize
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 ARGS = ["--seq-len", 32, "--seqs-per-shard", 8, "--docs-per-part", 6, "--val-docs", 7, "--workers", 2]
 
 

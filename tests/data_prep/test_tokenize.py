@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import sentencepiece as spm
 
 from data_prep.shards import read_shard
 from tests.helpers import CORPUS, corpus_docs, run_cli, shard_bytes, tokenize
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def _samples(out, split):

@@ -3,9 +3,12 @@
 import gzip
 import shutil
 
+import pytest
 import sentencepiece as spm
 
 from tests.helpers import CORPUS, run_cli
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def test_llama2_layout(tokenizer):

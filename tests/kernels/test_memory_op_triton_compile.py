@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 pytest.importorskip("triton", reason="the triton package is not installed")
 
 # (arch, depth, head_dim, dtype): the paper's shape in bf16 on H100, the largest fp32 tiles, A100 fp16.

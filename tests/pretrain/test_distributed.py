@@ -11,6 +11,8 @@ import torch
 
 from tests.helpers import ROOT, losses, run_train, tiny_overrides
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 STEPS = {"schedule.train_steps": 6, "checkpoint.interval": 3, "eval.interval": 0}
 
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 OPTIM = dict(lr=1e-3, min_lr=1e-4, weight_decay=5.0)  # large: the decay rule shows in the losses
 
 

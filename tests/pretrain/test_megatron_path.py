@@ -9,6 +9,8 @@ import pytest
 from tests.helpers import losses, run_train, tiny_overrides
 from tests.pretrain.test_distributed import STEPS, torchrun
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 MEGATRON = {"optim.implementation": "megatron", "optim.bucket_size": 4000}  # several buckets
 TORCH = {"optim.implementation": "torch"}
 DP2 = {}

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from tests.helpers import run_train, tiny_overrides
+
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 
 def check(overrides, world=2):

@@ -13,6 +13,8 @@ from pretrain import trainer
 from pretrain.config import load_config
 from tests.helpers import ROOT, losses, run_train, tiny_overrides, train_cmd
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 
 def test_loss_falls_and_outputs_exist(train_shards, tmp_path):
     ckpt = tmp_path / "ckpt"

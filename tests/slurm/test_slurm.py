@@ -7,7 +7,12 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from tests.helpers import ROOT, losses, tiny_overrides
+
+# one cluster per session: every SLURM test in the same xdist worker
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("slurm")]
 
 STEPS = {"schedule.train_steps": 24, "checkpoint.interval": 8, "eval.interval": 0, "log.interval": 4}
 

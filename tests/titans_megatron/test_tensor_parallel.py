@@ -11,6 +11,8 @@ import torch
 from tests.titans_megatron.model_configs import VARIANTS
 from tests.titans_megatron.tp_reference import assembled, forward_backward
 
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
