@@ -9,15 +9,15 @@ folder and step (``runs/mag/iter_0000040`` -> ``mag@40``), so that two runs' ite
 iterations of one run, stay apart.
 """
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 from eval_suite.codec import Codec
 from eval_suite.errors import EvalInputError
+from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
-STATE_FILE = "train_state.json"
+STATE_FILE = TRAIN_STATE
 
 
 @dataclass
@@ -99,13 +99,10 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     folder, via_latest = _resolve(path)
     label = f"checkpoint {path}" + (f" ({os.path.basename(folder)})" if via_latest else "")
     try:
-        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
-            saved = json.load(f)
-        step, config, tensor = int(saved["step"]), dict(saved["config"]), int(saved["layout"]["tensor"])
-    except (ValueError, OSError) as e:
-        raise EvalInputError(f"{label}: {STATE_FILE} is unreadable ({e})") from e
-    except (KeyError, TypeError) as e:
-        raise EvalInputError(f"{label}: {STATE_FILE} lacks step, config or layout.tensor ({e!r})") from e
+        saved = TrainState.read(folder)
+    except TrainStateError as e:  # its message starts with the file's path: name the checkpoint as given
+        raise EvalInputError(f"{label}: {str(e).replace(os.path.join(folder, STATE_FILE), STATE_FILE, 1)}") from e
+    step, config, tensor = saved.step, saved.config, saved.layout["tensor"]
     missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
     if missing:
         raise EvalInputError(f"{label}: saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}")

@@ -54,7 +54,7 @@ class EvalModel(Codec):
             if message.startswith(checked.folder):  # pretrain's messages start with the folder: name it once
                 message = message[len(checked.folder):].lstrip(": ")
             raise EvalInputError(f"{checked.label}: {message}") from e
-        return cls(model, model_config, config, checked.codec.tokenizer, checked.name, saved["step"], batch_size)
+        return cls(model, model_config, config, checked.codec.tokenizer, checked.name, saved.step, batch_size)
 
     # scoring
 

@@ -22,6 +22,7 @@ import torch
 
 from pretrain import resharding
 from pretrain.config import config_from_dict
+from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 LATEST = "latest"
 
@@ -79,8 +80,7 @@ def save(root: str, step: int, model, optimizer, data_states: list, config: dict
     torch.save(_rng_state(), os.path.join(tmp, f"rng_{layout.rank:05d}.pt"))
     barrier(layout)
     if layout.is_main:
-        with open(os.path.join(tmp, "train_state.json"), "w") as f:
-            json.dump({"step": step, "data": data_states, "config": config, "layout": layout.as_dict()}, f, indent=1)
+        TrainState(step, data_states, config, layout.as_dict()).write(tmp)
         shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from a run that crashed later
         os.replace(tmp, final)
         pointer_tmp = os.path.join(root, LATEST + ".tmp")
@@ -123,15 +123,22 @@ def _read_all(path: str, kind: str, saved_tp: int) -> list:
     return [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
 
 
-def load(path: str, model, optimizer, config: dict, layout=None) -> dict:
+def read_state(folder: str) -> TrainState:
+    """The checkpoint's train_state.json, checked (CheckpointError naming the file and field)."""
+    try:
+        return TrainState.read(folder)
+    except TrainStateError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def load(path: str, model, optimizer, config: dict, layout=None) -> TrainState:
     """Restore model, optimizer and RNG from ``path`` at this run's tensor-parallel size (any size the
     checkpoint was saved at); returns the saved train state."""
-    with open(os.path.join(path, "train_state.json")) as f:
-        state = json.load(f)
-    diff = model_differences(state["config"]["model"], config["model"])
+    state = read_state(path)
+    diff = model_differences(state.config["model"], config["model"])
     if diff:
         raise CheckpointError(f"{path} holds a different model; refusing to load it:\n  " + "\n  ".join(diff))
-    saved_layout = state["layout"]
+    saved_layout = state.layout
     try:
         resharding.load_model(model, _read_all(path, "model", saved_layout["tensor"]))
         if optimizer is not None:
@@ -151,18 +158,16 @@ def load_model(checkpoint_dir: str, layout=None):
     from titans_megatron import build_model  # megatron-core takes seconds to import: only when a model is built
 
     path = latest_dir(checkpoint_dir) or checkpoint_dir
-    state_file = os.path.join(path, "train_state.json")
-    if not os.path.isfile(state_file):
+    if not os.path.isfile(os.path.join(path, TRAIN_STATE)):
         raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
-    with open(state_file) as f:
-        saved = json.load(f)
+    saved = read_state(path)
     tensor = layout.tensor if layout else 1
-    as_saved = saved["config"]
+    as_saved = saved.config
     here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
                                      "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
-    config = config_from_dict(here, state_file)
+    config = config_from_dict(here, os.path.join(path, TRAIN_STATE))
     model_config = config.model_config()
     model = build_model(model_config, seed=config.run.seed)
     load(path, model, None, config.as_dict(), layout)
     model.to(layout.device if layout else torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return config, model_config, model, {**saved, "path": path}
+    return config, model_config, model, saved

@@ -5,7 +5,6 @@ Nothing heavy: no model is built and no process group joined. Each failure names
 folder and what was expected.
 """
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -72,17 +71,16 @@ def check(config: TrainConfig, world: int) -> Plan:
     latest = ckpt.latest_dir(config.checkpoint.dir)
     resume = "a fresh run"
     if latest:
-        with open(os.path.join(latest, "train_state.json")) as f:
-            saved = json.load(f)
-        diff = ckpt.model_differences(saved["config"]["model"], config.as_dict()["model"])
+        saved = ckpt.read_state(latest)
+        diff = ckpt.model_differences(saved.config["model"], config.as_dict()["model"])
         if diff:
             raise ckpt.CheckpointError(f"{latest} holds a different model; refusing to resume from it:\n  "
                                        + "\n  ".join(diff))
-        if saved["layout"]["data"] != data_parallel:
-            raise ckpt.CheckpointError(f"{latest} was saved at data-parallel size {saved['layout']['data']}, this run "
+        if saved.layout["data"] != data_parallel:
+            raise ckpt.CheckpointError(f"{latest} was saved at data-parallel size {saved.layout['data']}, this run "
                                        f"has {data_parallel}: the sample order depends on it (keep world / "
                                        "parallel.tensor the same, or start a new checkpoint.dir)")
-        resume = f"resuming from {latest} at step {saved['step']}"
+        resume = f"resuming from {latest} at step {saved.step}"
 
     tokens = sched.global_batch * model.seq_length
     samples = sum(s["samples"] for s in train.shards)

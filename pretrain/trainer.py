@@ -75,8 +75,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     latest = ckpt.latest_dir(config.checkpoint.dir)
     if latest:
         state = ckpt.load(latest, model, opt.checkpoint_state, config.as_dict(), layout)
-        data.load_state_dict(state["data"][min(layout.dp_rank, len(state["data"]) - 1)])  # refuses another DP size
-        step = state["step"]
+        data.load_state_dict(state.data[min(layout.dp_rank, len(state.data) - 1)])  # refuses another DP size
+        step = state.step
         say(f"resumed from {latest} at step {step}")
     checkpoints = Checkpoints(config, layout, model, opt, data, step, say)
     stops = StopRule(config.run, plan.train_steps, signals, started, layout)

@@ -24,7 +24,7 @@ def validation(checkpoint_dir, data_dir=None, batches=None):
     data = data_dir or config.data.dir
     loss = validation_loss(model, data, config.schedule.micro_batch, config.data.seed, model_config.seq_length, batches,
                     config.run.precision)
-    return {"checkpoint": saved["path"], "step": saved["step"], "data": data, "val_loss": loss,
+    return {"checkpoint": saved.folder, "step": saved.step, "data": data, "val_loss": loss,
             "val_perplexity": math.exp(loss)}
 
 
