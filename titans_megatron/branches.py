@@ -27,9 +27,10 @@ from titans_megatron.rotary import apply_rotary, rotary_cos_sin
 from titans_megatron.sharding import TensorParallelSharded
 
 
-def column_linear(config, in_size, out_size, bias=False):
-    return ColumnParallelLinear(in_size, out_size, config=config, init_method=config.init_method,
-                                bias=bias, gather_output=False, skip_bias_add=False)
+def column_linear(config, in_size, out_size, bias=False, linear=ColumnParallelLinear):
+    """``linear``: the column-parallel class the mixer's spec names (mixers.MixerSubmodules)."""
+    return linear(in_size, out_size, config=config, init_method=config.init_method,
+                  bias=bias, gather_output=False, skip_bias_add=False)
 
 
 def project_with_prefix(linear: ColumnParallelLinear, x, prefix):
@@ -56,10 +57,10 @@ class AttentionBranch(TensorParallelSharded):
     content-addressed memory, visible from every position).
     """
 
-    def __init__(self, config, window: Optional[int]):
+    def __init__(self, config, window: Optional[int], linear=ColumnParallelLinear):
         super().__init__()
         self.config, self.window, self.head_dim = config, window, config.head_dim
-        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
+        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size, linear=linear)
 
     def forward(self, x, prefix=None, position_offset: int = 0, cache=None, aligned=None):
         """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
@@ -125,13 +126,13 @@ class MemoryBranch(TensorParallelSharded):
         y = neural_memory(q, k, v, theta, eta, alpha, W_init)
     """
 
-    def __init__(self, config):
+    def __init__(self, config, linear=ColumnParallelLinear):
         super().__init__()
         self.config = config
         H_l, d = config.num_attention_heads // tp_size(), config.head_dim
         self.num_heads, self.head_dim = H_l, d
-        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size)
-        self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads)
+        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size, linear=linear)
+        self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads, linear=linear)
         self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(initial_gate_bias(config)))
         K = config.conv_kernel
         self.conv_weight = tensor_parallel_parameter(

@@ -17,11 +17,12 @@ Choices made here (documented in docs/model.md):
 """
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel.layers import RowParallelLinear
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
 from titans_megatron.branches import AttentionBranch, MemoryBranch, column_linear, heads
@@ -30,10 +31,21 @@ from titans_megatron.parallel import device_of, tensor_parallel_parameter, tp_si
 from titans_megatron.sharding import TensorParallelSharded
 
 
-def row_linear(config):
-    return RowParallelLinear(config.hidden_size, config.hidden_size, config=config,
-                             init_method=config.output_layer_init_method, bias=False,
-                             input_is_parallel=True, skip_bias_add=True)
+@dataclass
+class MixerSubmodules:
+    """The linear layers a mixer builds, named by its spec as Megatron's own mixers take theirs (e.g.
+    Transformer Engine's parallel linears in place of Megatron's): every column-parallel projection
+    (q, k, v, the memory's gates, LMM's output gate) and every row-parallel one (the output
+    projection, MAC's projections back to hidden space)."""
+
+    column_linear: type = ColumnParallelLinear
+    row_linear: type = RowParallelLinear
+
+
+def row_linear(config, linear=RowParallelLinear):
+    return linear(config.hidden_size, config.hidden_size, config=config,
+                  init_method=config.output_layer_init_method, bias=False,
+                  input_is_parallel=True, skip_bias_add=True)
 
 
 def head_norm(config):
@@ -59,16 +71,18 @@ class Mixer(TensorParallelSharded):
     keeps between the pieces of one stream (attention cache, memory state, conv inputs).
     """
 
-    def __init__(self, config, layer_number=None, pg_collection=None, **kwargs):
+    def __init__(self, config, submodules=None, layer_number=None, pg_collection=None, **kwargs):
         super().__init__()
         self.config, self.layer_number = config, layer_number
+        self.submodules = submodules or MixerSubmodules()
+        self.column, self.row = self.submodules.column_linear, self.submodules.row_linear
         self.stream_state = None
         n = config.effective_persistent_tokens
         self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype,
                                                    device=device_of(config))) if n else None
         if n and config.perform_initialization:
             config.init_method(self.persistent)
-        self.linear_proj = row_linear(config)
+        self.linear_proj = row_linear(config, self.row)
 
     def prefix(self):
         return self.persistent
@@ -87,7 +101,7 @@ class AttentionMixer(Mixer):
 
     def __init__(self, config, window=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=window)
+        self.attention = AttentionBranch(config, window=window, linear=self.column)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         return self.project_out(self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention")))
@@ -105,8 +119,8 @@ class LMMMixer(Mixer):
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.memory = MemoryBranch(config)
-        self.linear_gate = column_linear(config, config.hidden_size, config.hidden_size)
+        self.memory = MemoryBranch(config, linear=self.column)
+        self.linear_gate = column_linear(config, config.hidden_size, config.hidden_size, linear=self.column)
         self.norm = head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
@@ -132,9 +146,9 @@ class MAGMixer(Mixer):
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=config.window_size)
+        self.attention = AttentionBranch(config, window=config.window_size, linear=self.column)
         if config.has_memory:
-            self.memory = MemoryBranch(config)
+            self.memory = MemoryBranch(config, linear=self.column)
             self.norm_y, self.norm_m = head_norm(config), head_norm(config)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
@@ -153,7 +167,7 @@ class MALMixer(Mixer):
         if config.has_memory:
             self.memory_layer = LMMMixer(config, **kwargs)
             self.memory_layer.persistent = None  # shares this mixer's persistent tokens
-        self.attention = AttentionBranch(config, window=config.window_size)
+        self.attention = AttentionBranch(config, window=config.window_size, linear=self.column)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         x = hidden_states
@@ -171,12 +185,12 @@ class MACMixer(Mixer):
         # Inside the segment loop the full sequence is at hand: sequence parallelism is undone at the
         # mixer's borders instead of inside each projection.
         inner = dataclasses.replace(config, sequence_parallel=False) if config.sequence_parallel else config
-        self.attention = AttentionBranch(inner, window=None)
-        self.attention_proj = row_linear(inner)
+        self.attention = AttentionBranch(inner, window=None, linear=self.column)
+        self.attention_proj = row_linear(inner, self.row)
         self.own_query = config.mac_retrieval == "own_query"
         if config.has_memory:
-            self.memory = MemoryBranch(inner)
-            self.memory_token_proj = row_linear(inner)
+            self.memory = MemoryBranch(inner, linear=self.column)
+            self.memory_token_proj = row_linear(inner, self.row)
             if not self.own_query:  # own-query retrieval has no first segment's learned queries
                 H_l, d = config.num_attention_heads // tp_size(), config.head_dim
                 self.first_queries = tensor_parallel_parameter(

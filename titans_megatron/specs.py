@@ -8,8 +8,12 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from titans_megatron.mixers import MIXERS, SlidingWindowMixer
+from titans_megatron.mixers import MIXERS, MixerSubmodules, SlidingWindowMixer
 from titans_megatron.norms import RMSNorm
+
+
+# Megatron's own parallel linears; a spec for Transformer Engine's would name TE's classes here.
+MIXER_LINEARS = MixerSubmodules(column_linear=ColumnParallelLinear, row_linear=RowParallelLinear)
 
 
 def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
@@ -21,13 +25,13 @@ def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
     second = {}
     if variant == "mal" and mal_residual:
         variant = "lmm"
-        second = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=ModuleSpec(module=SlidingWindowMixer),
+        second = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=ModuleSpec(module=SlidingWindowMixer, submodules=MIXER_LINEARS),
                       cross_attn_bda=get_bias_dropout_add)
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=RMSNorm,
-            self_attention=ModuleSpec(module=MIXERS[variant]),
+            self_attention=ModuleSpec(module=MIXERS[variant], submodules=MIXER_LINEARS),
             self_attn_bda=get_bias_dropout_add,
             **second,
             pre_mlp_layernorm=RMSNorm,
