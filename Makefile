@@ -19,10 +19,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Two workers (pytest-xdist, one thread each: tests/conftest.py); SLURM tests share one worker's cluster.
-TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The inner loop (well under 3 minutes on 2 cores): in-process tests only; one that starts a process
 # fails here until it is marked `process` (tests/conftest.py).

@@ -10,12 +10,6 @@ import torch
 
 from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, run_train, tiny_overrides
 
-# `make test` runs the suite in two pytest-xdist workers: one thread each (and for the processes they
-# start), so two workers share 2 cores without oversubscribing them.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
 if not torch.cuda.is_available():

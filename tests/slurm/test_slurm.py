@@ -11,8 +11,7 @@ import pytest
 
 from tests.helpers import ROOT, losses, tiny_overrides
 
-# one cluster per session: every SLURM test in the same xdist worker
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 STEPS = {"schedule.train_steps": 24, "checkpoint.interval": 8, "eval.interval": 0, "log.interval": 4}
 
