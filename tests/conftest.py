@@ -31,16 +31,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.process)
 
 
-@pytest.fixture(autouse=True)
-def _no_processes_in_the_fast_tier(monkeypatch):
-    """Under `make test-fast` a test that starts a process fails, naming the marker it lacks: the fast
-    tier cannot quietly grow slow."""
-    if FAST_TIER:
-        def refuse(*args, **kwargs):
-            raise AssertionError("this test starts a process: mark it `process` (pytestmark or "
-                                 "@pytest.mark.process), which keeps it out of make test-fast")
+@pytest.fixture(scope="session", autouse=True)
+def _no_processes_in_the_fast_tier():
+    """Under `make test-fast` a test (or a fixture of any scope) that starts a process fails, naming the
+    marker it lacks: the fast tier cannot quietly grow slow."""
+    if not FAST_TIER:
+        yield
+        return
 
-        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test starts a process: mark it `process` (pytestmark or @pytest.mark.process), "
+                             "which keeps it out of make test-fast")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        yield
 
 
 @pytest.fixture(scope="session")

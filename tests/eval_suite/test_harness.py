@@ -198,6 +198,7 @@ def test_unknown_tasks_are_named_before_any_model_work():
                                  r"no_such_file.jsonl"),
     ("titans_test_sampling", "'titans_test_sampling' asks for sampling"),
 ])
+@pytest.mark.slow  # lm-eval builds its task index (~35 s)
 def test_tasks_that_cannot_run_are_named_before_any_model_work(offline, task, message):
     """check_tasks builds lm-eval's task objects, so a dataset that cannot be loaded fails here."""
     with pytest.raises(EvalInputError, match=f"lm-evaluation-harness task {message}"):

@@ -8,7 +8,7 @@ from tests.kernels.memory_inputs import leaves, make_inputs
 
 
 @pytest.mark.parametrize("carried", [False, True], ids=["init", "carried"])
-@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("depth", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend", ["torch", "sequential"])
 def test_gradcheck(backend, depth, carried):
     inputs = make_inputs(2, 5, 2, 3, depth, expansion=1, carried=carried, seed=depth, lr_max=0.5, requires_grad=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton", reason="the triton package is not installed")
+pytestmark = pytest.mark.slow  # the Triton interpreter on CPU: not in make test-fast
 assert torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it"
 
 from kernels import neural_memory  # noqa: E402

@@ -8,6 +8,8 @@ import pytest
 from pretrain.data import DataError, ShardStream
 from tests.helpers import CORPUS, run_cli
 
+pytestmark = pytest.mark.process  # the shards fixture runs data_prep: not in make test-fast
+
 SEQ = 32
 
 

@@ -7,6 +7,7 @@ from titans_megatron import build_model
 from tests.titans_megatron.model_configs import small_config
 
 pytest.importorskip("triton", reason="the triton package is not installed")
+pytestmark = pytest.mark.slow  # the Triton interpreter on CPU: not in make test-fast
 
 
 @pytest.mark.filterwarnings("error:neural_memory backend 'triton' does not cover")  # no silent fallback
