@@ -14,11 +14,24 @@ def enable_cpu_collectives() -> None:
     buffer) on ``torch.cuda.current_device()``. Without CUDA that call raises; answering ``"cpu"``
     instead puts those buffers on the CPU, where gloo works on them. Its RNG tracker (forked around
     dropout under sequence parallelism) keeps CUDA generator states; on CPU it becomes a pass-through,
-    so dropout draws from the CPU generator. Nothing changes where CUDA exists.
+    so dropout draws from the CPU generator. Megatron-core 0.19's gradient buffers also ask for
+    ``torch.cuda.current_stream()`` to order their reductions; on CPU a stream with nothing to wait on
+    stands in. Nothing changes where CUDA exists.
     """
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: "cpu"
+        torch.cuda.current_stream = lambda *args, **kwargs: _NoStream()
         initialize_rng_tracker(inference_rng_tracker=True)
+
+
+class _NoStream:
+    """The CPU's stand-in for a CUDA stream: work is already ordered, so waiting is a no-op."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
 
 
 def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
