@@ -38,9 +38,15 @@ def card_slug(name: str) -> str:
     return (match.group(1) if match else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")).lower()
 
 
+def _importable(module: str) -> bool:
+    try:  # find_spec of "a.b" imports "a", and raises when "a" is missing
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def install_missing(wheels: str, log) -> None:
-    missing = [m for m in NEEDED if importlib.util.find_spec(m.split(".")[0]) is None
-               or (m == "megatron.core" and importlib.util.find_spec("megatron.core") is None)]
+    missing = [m for m in NEEDED if not _importable(m)]
     if not missing:
         return
     log(f"missing {missing}: installing from {wheels}")
