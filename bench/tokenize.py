@@ -35,6 +35,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from data_prep.manifest import Manifest  # noqa: E402
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
 
 
@@ -129,11 +130,9 @@ def pipeline(model, parquet, out, cfg, workers):
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"tokenize.py failed:\n{stderr[-2000:]}")
-    with open(os.path.join(out, "manifest.json")) as f:
-        manifest = json.load(f)
-    split = manifest["splits"]["train"]
+    split = Manifest.read(out).splits["train"]
     # The documents' tokens (BOS + text + EOS each), not window slots, to compare with raw encode.
-    return {"seconds": seconds, "tokens": split["document_tokens"], "samples": split["samples"], "shards": len(split["shards"]),
+    return {"seconds": seconds, "tokens": split.document_tokens, "samples": split.samples, "shards": len(split.shards),
             "peak_rss_mib": peak[0] / 2**20, "progress_tail": stderr.strip().splitlines()[-1][-160:] if stderr.strip() else ""}
 
 

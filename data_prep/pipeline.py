@@ -14,7 +14,8 @@ import time
 from typing import List, Optional
 
 from data_prep import tokenizer as tok
-from data_prep.manifest import FORMAT, MANIFEST, check_same_arguments, read_json, write_json
+from data_prep.manifest import (MANIFEST, Manifest, ShardRecord, SplitRecord, TokenizerRecord, check_same_arguments,
+                                read_json, write_json)
 from data_prep.plan import plan_parts
 from data_prep.shards import read_shard, write_shard
 from data_prep.sources import MissingColumn, SourceError, count_rows
@@ -96,7 +97,7 @@ def _merge_partials(output, split, records, seqs_per_shard):
     return shards
 
 
-def run(args, log=print) -> Optional[dict]:
+def run(args, log=print) -> Optional[Manifest]:
     """Returns the manifest (None when the output was already complete)."""
     from data_prep.hub import resolve_input
 
@@ -106,9 +107,8 @@ def run(args, log=print) -> Optional[dict]:
     fingerprint = _fingerprint(args, paths, info)
     out = args.output
     manifest_path = os.path.join(out, MANIFEST)
-    existing = read_json(manifest_path)
-    if existing is not None:
-        check_same_arguments(manifest_path, existing["arguments"], fingerprint)
+    if os.path.exists(manifest_path):
+        check_same_arguments(manifest_path, Manifest.read(out).arguments, fingerprint)
         shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)
         log(f"{manifest_path}: complete, with these arguments; nothing to do")
         return None
@@ -147,29 +147,31 @@ def run(args, log=print) -> Optional[dict]:
     if todo:
         records.update(_run_parts(todo, settings, workers, sum(p.stop - p.start for p in todo), log))
 
-    # the tokenizer's path too (not part of the fingerprint): evaluation finds it from the shards
-    manifest = {"format": FORMAT, "arguments": fingerprint, "tokenizer": {**info.as_dict(), "path": os.path.abspath(args.tokenizer)},
-                "seq_len": args.seq_len, "window": args.seq_len + 1, "stride": args.seq_len,
-                "dtype": info.dtype.__name__, "seqs_per_shard": args.seqs_per_shard, "splits": {},
-                "sources": [{"index": i, "path": os.path.abspath(p), "rows": n, "status": st}
-                            for i, (p, n, st) in enumerate(zip(paths, rows, status))]}
     skip_counts, skips = {}, []
     for index in sorted(records):
         for reason, n in records[index]["skip_counts"].items():
             skip_counts[reason] = skip_counts.get(reason, 0) + n
         skips.extend(records[index]["skips"])
-    manifest["skipped"] = {"counts": skip_counts, "rows": skips, "rows_listed_per_part": "at most 1000"}
+    splits = {}
     for split in SPLITS:
         mine = [records[i] for i in sorted(records) if records[i]["part"]["split"] == split]
-        shards = [s for r in mine for s in r["shards"]] + _merge_partials(out, split, records, args.seqs_per_shard)
-        manifest["splits"][split] = {
-            "shards": shards, "samples": sum(s["samples"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-            "documents": sum(r["documents"] for r in mine), "rows": sum(r["rows"] for r in mine),
-            "document_tokens": sum(r["tokens"] for r in mine)}
-    write_json(manifest_path, manifest)
+        shards = tuple(ShardRecord(**s) for s in [s for r in mine for s in r["shards"]]
+                       + _merge_partials(out, split, records, args.seqs_per_shard))
+        splits[split] = SplitRecord(
+            shards, samples=sum(s.samples for s in shards), tokens=sum(s.tokens for s in shards),
+            documents=sum(r["documents"] for r in mine), rows=sum(r["rows"] for r in mine),
+            document_tokens=sum(r["tokens"] for r in mine))
+    # the tokenizer's path too (not part of the fingerprint): evaluation finds it from the shards
+    manifest = Manifest(
+        tokenizer=TokenizerRecord(path=os.path.abspath(args.tokenizer), **info.as_dict()), seq_len=args.seq_len,
+        window=args.seq_len + 1, stride=args.seq_len, dtype=info.dtype.__name__, seqs_per_shard=args.seqs_per_shard,
+        splits=splits, arguments=fingerprint,
+        sources=[{"index": i, "path": os.path.abspath(p), "rows": n, "status": st}
+                 for i, (p, n, st) in enumerate(zip(paths, rows, status))],
+        skipped={"counts": skip_counts, "rows": skips, "rows_listed_per_part": "at most 1000"})
+    manifest.write(out)
     shutil.rmtree(state, ignore_errors=True)
-    for split in SPLITS:
-        info_ = manifest["splits"][split]
-        log(f"{split}: {info_['documents']} documents, {info_['tokens']:,} tokens, {info_['samples']} samples "
-            f"in {len(info_['shards'])} shards")
+    for name, split in manifest.splits.items():
+        log(f"{name}: {split.documents} documents, {split.tokens:,} tokens, {split.samples} samples "
+            f"in {len(split.shards)} shards")
     return manifest

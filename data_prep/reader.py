@@ -9,21 +9,14 @@ together complete); the tensor-parallel ranks of a replica pass the same data-pa
 import os
 from typing import List
 
-from data_prep.manifest import MANIFEST, read_json
-
-
-def manifest_of(directory: str) -> dict:
-    manifest = read_json(os.path.join(directory, MANIFEST))
-    if manifest is None:
-        raise FileNotFoundError(f"{directory}: no {MANIFEST} (make the shards with data_prep/tokenize.py)")
-    return manifest
+from data_prep.manifest import Manifest
 
 
 def shard_paths(directory: str, split: str) -> List[str]:
-    splits = manifest_of(directory)["splits"]
+    splits = Manifest.read(directory).splits
     if split not in splits:
         raise KeyError(f"{directory}: no split {split!r}; it has {sorted(splits)}")
-    return [os.path.join(directory, split, s["name"]) for s in splits[split]["shards"]]
+    return [os.path.join(directory, split, s.name) for s in splits[split].shards]
 
 
 def rank_shards(paths: List[str], dp_rank: int, dp_world: int) -> List[str]:

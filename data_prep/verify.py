@@ -14,14 +14,14 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
 
 import argparse  # noqa: E402
 
-from data_prep.manifest import MANIFEST, file_sha256, read_json  # noqa: E402
+from data_prep.manifest import Manifest, ManifestError, file_sha256  # noqa: E402
 from data_prep.shards import read_shard  # noqa: E402
 
 
 def check_shard(path, record, manifest):
-    problems, window = [], manifest["window"]
-    vocab, dtype = manifest["tokenizer"]["vocab_size"], manifest["dtype"]
-    if file_sha256(path) != record["sha256"]:
+    problems, window = [], manifest.window
+    vocab, dtype = manifest.tokenizer.vocab_size, manifest.dtype
+    if file_sha256(path) != record.sha256:
         problems.append(f"{path}: sha256 differs from the manifest")
     samples = tokens = 0
     keys = []
@@ -41,23 +41,24 @@ def check_shard(path, record, manifest):
             tokens += valid
     except Exception as e:  # a truncated or corrupt tar
         problems.append(f"{path}: unreadable after {samples} samples ({type(e).__name__}: {e})")
-    if samples != record["samples"] or tokens != record["tokens"]:
-        problems.append(f"{path}: {samples} samples / {tokens} tokens, manifest says {record['samples']} / {record['tokens']}")
+    if samples != record.samples or tokens != record.tokens:
+        problems.append(f"{path}: {samples} samples / {tokens} tokens, manifest says {record.samples} / {record.tokens}")
     return problems, keys
 
 
 def verify(directory):
-    manifest = read_json(os.path.join(directory, MANIFEST))
-    if manifest is None:
-        return [f"{directory}: no {MANIFEST}"]
+    try:
+        manifest = Manifest.read(directory)
+    except ManifestError as e:
+        return [str(e)]
     problems, keys = [], set()
-    for split, info in manifest["splits"].items():
-        listed = {s["name"] for s in info["shards"]}
+    for split, info in manifest.splits.items():
+        listed = {s.name for s in info.shards}
         folder = os.path.join(directory, split)
         present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         problems += [f"{os.path.join(folder, n)}: not in the manifest" for n in sorted(present - listed)]
-        for record in info["shards"]:
-            path = os.path.join(folder, record["name"])
+        for record in info.shards:
+            path = os.path.join(folder, record.name)
             if not os.path.isfile(path):
                 problems.append(f"{path}: missing")
                 continue
@@ -65,7 +66,7 @@ def verify(directory):
             problems += found
             problems += [f"{path}: duplicate key {k}" for k in shard_keys if k in keys]
             keys.update(shard_keys)
-        if sum(s["samples"] for s in info["shards"]) != info["samples"] or sum(s["tokens"] for s in info["shards"]) != info["tokens"]:
+        if sum(s.samples for s in info.shards) != info.samples or sum(s.tokens for s in info.shards) != info.tokens:
             problems.append(f"{split}: split totals differ from the sum over its shards")
     return problems
 

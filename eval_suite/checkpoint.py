@@ -56,29 +56,6 @@ def _resolve(path: str):
     return (folder, True) if folder else (path, False)
 
 
-def find_tokenizer(label: str, data_dir: str, explicit: Optional[str]) -> str:
-    """``explicit``, else the path the run's shard manifest records (data_prep writes it), checked
-    against the manifest's sha256."""
-    from data_prep.manifest import MANIFEST, file_sha256, read_json
-
-    try:
-        manifest = read_json(os.path.join(data_dir, MANIFEST)) if data_dir else None
-    except (ValueError, OSError) as e:
-        raise EvalInputError(f"{label}: the run's shard manifest {os.path.join(data_dir, MANIFEST)} is unreadable "
-                             f"({e}); pass --tokenizer PATH") from e
-    recorded = (manifest or {}).get("tokenizer", {})
-    path = explicit or recorded.get("path")
-    if not path:
-        raise EvalInputError(f"{label}: no tokenizer: the run's data.dir ({data_dir or 'unset'}) has no manifest "
-                             "naming one; pass --tokenizer PATH (the sentencepiece .model the shards were made with)")
-    if not os.path.isfile(path):
-        raise EvalInputError(f"tokenizer {path}: no such file" + ("" if explicit else f" (named by the shard manifest "
-                                                                  f"of {label}); pass --tokenizer PATH"))
-    if recorded.get("sha256") and file_sha256(path) != recorded["sha256"]:
-        raise EvalInputError(f"tokenizer {path} is not the one the shards of {label} were made with (sha256 differs)")
-    return path
-
-
 def _codec(path: str, label: str, vocab_size: int) -> Codec:
     import sentencepiece as spm
 
@@ -94,7 +71,8 @@ def _codec(path: str, label: str, vocab_size: int) -> Codec:
 
 def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     """Everything about the checkpoint at ``path`` that can be known without building its model."""
-    from pretrain.config import ConfigError, config_from_dict
+    from pretrain.checkpoint import CheckpointError, config_at, trained_tokenizer
+    from pretrain.config import ConfigError
 
     folder, via_latest = _resolve(path)
     label = f"checkpoint {path}" + (f" ({os.path.basename(folder)})" if via_latest else "")
@@ -102,18 +80,20 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
         saved = TrainState.read(folder)
     except TrainStateError as e:  # its message starts with the file's path: name the checkpoint as given
         raise EvalInputError(f"{label}: {str(e).replace(os.path.join(folder, STATE_FILE), STATE_FILE, 1)}") from e
-    step, config, tensor = saved.step, saved.config, saved.layout["tensor"]
+    step, tensor = saved.step, saved.layout["tensor"]
     missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
     if missing:
         raise EvalInputError(f"{label}: saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}")
-    # as pretrain.checkpoint.load_model builds it: in one process
-    here = {**config, "parallel": {**config.get("parallel", {}), "tensor": 1, "sequence": False}}
-    try:
-        train_config = config_from_dict(here, f"{label}: {STATE_FILE}")
+    try:  # as pretrain.checkpoint.load_model builds it: in one process
+        train_config = config_at(saved, tensor=1)
         model_config = train_config.model_config(perform_initialization=False)
     except (ConfigError, ValueError, TypeError) as e:
-        raise EvalInputError(f"{label}: its training configuration does not make a model ({e})") from e
-    tokenizer = find_tokenizer(label, train_config.data.dir, tokenizer)
+        raise EvalInputError(f"{label}: its training configuration does not make a model "
+                             f"({str(e).replace(os.path.join(folder, STATE_FILE), STATE_FILE)})") from e
+    try:
+        tokenizer = trained_tokenizer(train_config, tokenizer)
+    except CheckpointError as e:
+        raise EvalInputError(f"{label}: {e} (--tokenizer PATH)") from e
     codec = _codec(tokenizer, label, model_config.vocab_size)
     run = os.path.basename(os.path.normpath(os.path.abspath(path)))
     name = run if via_latest else f"{os.path.basename(os.path.dirname(os.path.abspath(folder)))}@{step}"

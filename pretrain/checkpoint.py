@@ -20,8 +20,9 @@ from typing import Optional
 
 import torch
 
+from data_prep.manifest import MANIFEST, Manifest, ManifestError, file_sha256
 from pretrain import resharding
-from pretrain.config import config_from_dict
+from pretrain.config import TrainConfig, config_from_dict
 from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 LATEST = "latest"
@@ -152,6 +153,37 @@ def load(path: str, model, optimizer, config: dict, layout=None) -> TrainState:
     return state
 
 
+def config_at(saved: TrainState, tensor: int) -> TrainConfig:
+    """The saved training configuration as a process at tensor-parallel size ``tensor`` builds its model
+    (ConfigError naming the file when it does not parse)."""
+    as_saved = saved.config
+    here = {**as_saved, "parallel": {**as_saved.get("parallel", {}), "tensor": tensor,
+                                     "sequence": as_saved.get("parallel", {}).get("sequence", False) and tensor > 1}}
+    return config_from_dict(here, os.path.join(saved.folder, TRAIN_STATE))
+
+
+def trained_tokenizer(config: TrainConfig, explicit: Optional[str] = None) -> str:
+    """The path of the sentencepiece model a checkpoint's run was trained with: ``explicit``, else the one
+    its shards' manifest names, checked against the manifest's sha256 (CheckpointError saying what to pass)."""
+    data_dir = config.data.dir
+    manifest = None
+    if data_dir and os.path.exists(os.path.join(data_dir, MANIFEST)):
+        try:
+            manifest = Manifest.read(data_dir)
+        except ManifestError as e:
+            raise CheckpointError(f"the run's shard manifest is unreadable ({e}); give the tokenizer explicitly") from e
+    path = explicit or (manifest.tokenizer.path if manifest else None)
+    if not path:
+        raise CheckpointError(f"no tokenizer: the run's data.dir ({data_dir or 'unset'}) has no manifest naming one; "
+                              "give the tokenizer explicitly (the sentencepiece .model the shards were made with)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"tokenizer {path}: no such file" + ("" if explicit else " (named by the run's shard "
+                                                                  "manifest); give the tokenizer explicitly"))
+    if manifest and file_sha256(path) != manifest.tokenizer.sha256:
+        raise CheckpointError(f"tokenizer {path} is not the one the run's shards were made with (sha256 differs)")
+    return path
+
+
 def load_model(checkpoint_dir: str, layout=None):
     """The model of a checkpoint, at this process's tensor-parallel size (``layout``; one process when
     None) whatever size it was saved at. Returns (train config, model config, model, saved train state)."""
@@ -161,11 +193,7 @@ def load_model(checkpoint_dir: str, layout=None):
     if not os.path.isfile(os.path.join(path, TRAIN_STATE)):
         raise FileNotFoundError(f"{checkpoint_dir}: neither a checkpoint folder with 'latest' nor an iter_NNNNNNN folder")
     saved = read_state(path)
-    tensor = layout.tensor if layout else 1
-    as_saved = saved.config
-    here = {**as_saved, "parallel": {**as_saved["parallel"], "tensor": tensor,
-                                     "sequence": as_saved["parallel"]["sequence"] and tensor > 1}}
-    config = config_from_dict(here, os.path.join(path, TRAIN_STATE))
+    config = config_at(saved, layout.tensor if layout else 1)
     model_config = config.model_config()
     model = build_model(model_config, seed=config.run.seed)
     load(path, model, None, config.as_dict(), layout)

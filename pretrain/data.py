@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from data_prep.reader import manifest_of
+from data_prep.manifest import Manifest, ManifestError
 from data_prep.shards import read_shard
 
 
@@ -30,15 +30,18 @@ def _rng(*key: int) -> np.random.Generator:
 
 class ShardStream:
     def __init__(self, directory: str, split: str, dp_rank: int, dp_world: int, micro_batch: int, seed: int,
-                 seq_length: int, manifest: Optional[dict] = None):
-        """``manifest``: the directory's manifest.json when the caller has read it already."""
-        manifest = manifest or manifest_of(directory)
-        if manifest["seq_len"] != seq_length:
-            raise DataError(f"{directory}: shards hold windows of seq_len {manifest['seq_len']}, but the model's "
+                 seq_length: int, manifest: Optional[Manifest] = None):
+        """``manifest``: the directory's manifest when the caller has read it already."""
+        try:
+            manifest = manifest or Manifest.read(directory)
+        except ManifestError as e:
+            raise DataError(str(e)) from e
+        if manifest.seq_len != seq_length:
+            raise DataError(f"{directory}: shards hold windows of seq_len {manifest.seq_len}, but the model's "
                             f"seq_length is {seq_length} (retokenize with --seq-len {seq_length}, or set seq_length)")
-        if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
-            raise DataError(f"{directory}: no {split!r} shards (splits: {sorted(manifest['splits'])})")
-        shards = manifest["splits"][split]["shards"]
+        if split not in manifest.splits or not manifest.splits[split].shards:
+            raise DataError(f"{directory}: no {split!r} shards (splits: {sorted(manifest.splits)})")
+        shards = manifest.splits[split].shards
         if len(shards) < dp_world:
             raise DataError(f"{directory}: {len(shards)} {split} shards for {dp_world} data-parallel ranks; every rank "
                             "needs one (fewer --seqs-per-shard makes more shards)")
@@ -66,11 +69,11 @@ class ShardStream:
         while True:
             skip = self.position
             for index in self._epoch_shards(self.epoch):
-                n = self.shards[index]["samples"]
+                n = self.shards[index].samples
                 if skip >= n:
                     skip -= n
                     continue
-                samples = list(read_shard(os.path.join(self.directory, self.split, self.shards[index]["name"])))
+                samples = list(read_shard(os.path.join(self.directory, self.split, self.shards[index].name)))
                 order = _rng(self.seed, self.epoch, index).permutation(len(samples))
                 for j in order[skip:]:
                     key, tokens, meta = samples[j]

@@ -40,7 +40,7 @@ def validation_loss(model, data_dir: str, micro_batch: int, seed: int, seq_lengt
     None: one pass over the whole split)."""
     stream = ShardStream(data_dir, "val", 0, 1, micro_batch, seed, seq_length)
     if batches is None:
-        batches = max(1, sum(s["samples"] for s in stream.shards) // micro_batch)
+        batches = max(1, sum(s.samples for s in stream.shards) // micro_batch)
     model.eval()
     losses = [language_model_loss(model, batch, precision).item() for batch, _ in zip(stream, range(batches))]
     model.train()

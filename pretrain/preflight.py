@@ -13,7 +13,7 @@ from typing import List
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import DataError, ShardStream
-from data_prep.reader import manifest_of
+from data_prep.manifest import Manifest, ManifestError
 
 
 def _writable(directory: str) -> None:
@@ -34,7 +34,7 @@ class Plan:
     model_config: object  # titans_megatron.TitansConfig
     train_steps: int
     data_parallel: int
-    manifest: dict  # the shards' manifest.json
+    manifest: Manifest  # the shards' manifest.json
     lines: List[str] = field(default_factory=list)  # the summary the run prints first
 
 
@@ -57,8 +57,11 @@ def check(config: TrainConfig, world: int) -> Plan:
     data_dir = config.data.dir
     if not os.path.isdir(data_dir):
         raise DataError(f"data.dir {data_dir}: no such directory (make the shards with data_prep/tokenize.py)")
-    manifest = manifest_of(data_dir)
-    vocab = manifest["tokenizer"]["vocab_size"]
+    try:
+        manifest = Manifest.read(data_dir)
+    except ManifestError as e:
+        raise DataError(str(e)) from e
+    vocab = manifest.tokenizer.vocab_size
     if vocab != model.vocab_size:
         raise DataError(f"{data_dir}: the tokenizer has {vocab} tokens, the model's vocab_size is {model.vocab_size}; "
                         f"set model.overrides.vocab_size={vocab} or use shards made with the model's tokenizer")
@@ -83,7 +86,7 @@ def check(config: TrainConfig, world: int) -> Plan:
         resume = f"resuming from {latest} at step {saved.step}"
 
     tokens = sched.global_batch * model.seq_length
-    samples = sum(s["samples"] for s in train.shards)
+    samples = sum(s.samples for s in train.shards)
     lines = [f"model {config.model.preset} {config.model.variant}: {steps:,} steps x {tokens:,} tokens = "
              f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x data {data_parallel}",
              f"data {data_dir}: {len(train.shards)} train shards, {samples:,} windows of {model.seq_length} tokens "

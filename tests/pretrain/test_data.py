@@ -32,7 +32,7 @@ def test_ranks_are_disjoint_and_complete_every_epoch(shards):
 
 
 def _rank_samples(stream):
-    return sum(stream.shards[i]["samples"] for i in stream._epoch_shards(stream.epoch))
+    return sum(stream.shards[i].samples for i in stream._epoch_shards(stream.epoch))
 
 
 def test_order_depends_on_seed_and_epoch(shards):
