@@ -24,14 +24,19 @@ def main(argv=None):
     p.add_argument("--world", type=int, default=None, help="with --check: the number of processes the run will have "
                    "(default: this launch's WORLD_SIZE / SLURM_NTASKS, else 1)")
     args = p.parse_args(argv)
-    from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
+
+    try:  # before the imports of torch and megatron-core (seconds): a mistyped override is answered at once
+        config = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
     from pretrain.distributed import LaunchError
     from pretrain.trainer import TrainingAborted, train
 
     try:
-        config = load_config(args.config, args.overrides)
         if args.check:
             from pretrain.preflight import check
 

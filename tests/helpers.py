@@ -11,6 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data_prep" / "corpus" / "python_docs.jsonl.gz"
 SEQ = 32  # the tiny training runs' sequence length and vocabulary (train_shards)
 VOCAB = 600
+TINY_CONFIG = ROOT / "configs" / "tiny_mag.json"  # tiny_overrides shrinks it further
 
 
 def run_cli(script, *args, check=True, timeout=300):
@@ -55,8 +56,7 @@ def tiny_overrides(shards, ckpt, **extra):
 
 
 def train_cmd(overrides):
-    return [sys.executable, str(ROOT / "pretrain" / "train.py"), "--config", str(ROOT / "configs" / "tiny_mag.json"),
-            *overrides]
+    return [sys.executable, str(ROOT / "pretrain" / "train.py"), "--config", str(TINY_CONFIG), *overrides]
 
 
 def run_train(overrides, check=True):
@@ -64,6 +64,20 @@ def run_train(overrides, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def train_main(args):
+    """pretrain/train.py's ``main(args)`` in this process, as ``run_train(check=False)`` would run it in
+    another but without an interpreter start and the imports (seconds each): for the refusals."""
+    import contextlib
+    import io
+
+    from pretrain.train import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--config", str(TINY_CONFIG), *map(str, args)])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def losses(ckpt):

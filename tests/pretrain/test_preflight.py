@@ -4,17 +4,20 @@ import json
 
 import pytest
 
-from tests.helpers import run_train, tiny_overrides
-
-pytestmark = pytest.mark.process  # starts processes: not in make test-fast
+from pretrain import trainer
+from pretrain.config import load_config
+from tests.helpers import TINY_CONFIG, run_train, tiny_overrides, train_main
 
 
 def check(overrides, world=2):
-    return run_train(["--check", "--world", str(world), *overrides], check=False)
+    """``train.py --check`` in this process (the command line itself: test_a_good_run_is_summarised)."""
+    return train_main(["--check", "--world", world, *overrides])
 
 
+@pytest.mark.process  # the command line, once: not in make test-fast
 def test_a_good_run_is_summarised(train_shards, tmp_path):
-    proc = check(tiny_overrides(train_shards, tmp_path / "ckpt", **{"schedule.train_tokens": 1000}))
+    proc = run_train(["--check", "--world", "2",
+                      *tiny_overrides(train_shards, tmp_path / "ckpt", **{"schedule.train_tokens": 1000})], check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # 1000 tokens / (4 x 32 per step) -> 8 steps; 2 processes, data parallel 2
     assert "model tiny mag: 8 steps x 128 tokens" in proc.stdout and "tensor 1 x data 2" in proc.stdout
@@ -39,7 +42,9 @@ def test_each_bad_input_is_named(train_shards, tmp_path):
 
 def test_resume_is_checked(train_shards, tmp_path):
     ckpt = tmp_path / "ckpt"
-    run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 2, "eval.interval": 0}))
+    config = load_config(str(TINY_CONFIG), tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 2,
+                                                                                  "eval.interval": 0}))
+    assert trainer.train(config, log=lambda line: None) == 0
     ok = check(tiny_overrides(train_shards, ckpt), world=1)
     assert ok.returncode == 0 and "resuming from" in ok.stdout and "at step 2" in ok.stdout
     proc = check(tiny_overrides(train_shards, ckpt), world=2)

@@ -11,7 +11,7 @@ import pytest
 
 from pretrain import trainer
 from pretrain.config import load_config
-from tests.helpers import ROOT, losses, run_train, tiny_overrides, train_cmd
+from tests.helpers import TINY_CONFIG, losses, run_train, tiny_overrides, train_cmd, train_main
 
 pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
@@ -63,7 +63,7 @@ def test_signal_saves_and_asks_for_requeue(train_shards, tmp_path):
 
 
 def _config(train_shards, ckpt, **extra):
-    return load_config(str(ROOT / "configs" / "tiny_mag.json"), tiny_overrides(train_shards, ckpt, **extra))
+    return load_config(str(TINY_CONFIG), tiny_overrides(train_shards, ckpt, **extra))
 
 
 def test_non_finite_steps_are_skipped_then_abort(train_shards, tmp_path, monkeypatch):
@@ -128,8 +128,8 @@ def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path, capsys):
 
 def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):
     ckpt = tmp_path / "ckpt"
-    run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 4}))
-    proc = run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 8, "model.variant": "lmm"}), check=False)
+    assert trainer.train(_config(train_shards, ckpt, **{"schedule.train_steps": 4}), log=lambda line: None) == 0
+    proc = train_main(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 8, "model.variant": "lmm"}))
     assert proc.returncode == 2
     assert "holds a different model" in proc.stderr and "model.variant: 'mag' in the checkpoint, 'lmm' now" in proc.stderr
 
@@ -142,21 +142,21 @@ def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):
 ])
 def test_bad_overrides(train_shards, tmp_path, override, message):
     import re
-    proc = run_train(tiny_overrides(train_shards, tmp_path / "c") + [override], check=False)
+    proc = train_main(tiny_overrides(train_shards, tmp_path / "c") + [override])
     assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr[-500:]
 
 
 def test_bad_data_configurations(train_shards, tmp_path):
-    proc = run_train(tiny_overrides(train_shards, tmp_path / "a", **{"model.overrides": {"seq_length": 64, "vocab_size": 600}}), check=False)
+    proc = train_main(tiny_overrides(train_shards, tmp_path / "a", **{"model.overrides": {"seq_length": 64, "vocab_size": 600}}))
     assert proc.returncode == 2 and "shards hold windows of seq_len 32, but the model's seq_length is 64" in proc.stderr
-    proc = run_train(tiny_overrides(tmp_path / "nowhere", tmp_path / "b"), check=False)
+    proc = train_main(tiny_overrides(tmp_path / "nowhere", tmp_path / "b"))
     assert proc.returncode == 2 and "nowhere: no such directory" in proc.stderr
-    proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}), check=False)
+    proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}))
     assert proc.returncode == 2 and "schedule.global_batch (5) must be a multiple of schedule.micro_batch (2)" in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "latest")
 
 
 def test_bf16_training_on_cpu_is_refused(train_shards, tmp_path):
-    proc = run_train(tiny_overrides(train_shards, tmp_path / "c", **{"run.precision": "bf16"}), check=False)
+    proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **{"run.precision": "bf16"}))
     assert proc.returncode == 2 and "run.precision bf16 trains on CUDA only" in proc.stderr, proc.stderr[-500:]
     assert not os.path.exists(tmp_path / "c" / "latest")
