@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, run_train, tiny_overrides
+from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, tiny_overrides, train_main
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
@@ -76,7 +76,7 @@ def checkpoints(train_shards, tmp_path_factory):
     out = {}
     for variant in ("mag", "transformer++"):
         out[variant] = root / variant.replace("+", "p")
-        run_train(tiny_overrides(train_shards, out[variant], **EVAL_STEPS, **{"model.variant": variant}))
+        train_main(tiny_overrides(train_shards, out[variant], **EVAL_STEPS, **{"model.variant": variant}), check=True)
     return out
 
 

@@ -59,16 +59,22 @@ def train_cmd(overrides):
     return [sys.executable, str(ROOT / "pretrain" / "train.py"), "--config", str(TINY_CONFIG), *overrides]
 
 
-def run_train(overrides, check=True):
-    proc = subprocess.run(train_cmd(overrides), capture_output=True, text=True, timeout=600)
+def _checked(proc, what, check):
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
 
 
-def train_main(args):
-    """pretrain/train.py's ``main(args)`` in this process, as ``run_train(check=False)`` would run it in
-    another but without an interpreter start and the imports (seconds each): for the refusals."""
+def run_train(overrides, check=True):
+    """pretrain/train.py in a process of its own: for what only a process shows (signals, kills, the
+    command line itself); ``train_main`` runs the same in this process."""
+    return _checked(subprocess.run(train_cmd(overrides), capture_output=True, text=True, timeout=600), "train.py",
+                    check)
+
+
+def train_main(args, check=False):
+    """pretrain/train.py's ``main(args)`` in this process, as ``run_train`` runs it in another, without an
+    interpreter start and the imports of torch and megatron-core (about 9 CPU-seconds each)."""
     import contextlib
     import io
 
@@ -77,7 +83,29 @@ def train_main(args):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["--config", str(TINY_CONFIG), *map(str, args)])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return _checked(subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue()), "train.main", check)
+
+
+def torchrun(overrides, nproc=2, check=True):
+    """pretrain/train.py under torchrun on CPU (gloo), ``nproc`` processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "pretrain" / "train.py"), "--config", str(TINY_CONFIG), *overrides]
+    return _checked(subprocess.run(cmd, capture_output=True, text=True, timeout=600), "torchrun", check)
+
+
+def as_of_step(source, target, step):
+    """A copy of a run folder as it was right after ``step`` was saved (later checkpoints and the loss log
+    gone), for a resume to continue from there."""
+    import shutil
+
+    shutil.copytree(source, target)
+    for later in target.glob("iter_*"):
+        if int(later.name.split("_")[1]) > step:
+            shutil.rmtree(later)
+    assert (target / f"iter_{step:07d}").is_dir(), f"{source} kept no checkpoint of step {step}"
+    (target / "latest").write_text(f"iter_{step:07d}")
+    (target / "tensorboard" / "metrics.jsonl").unlink()
+    return target
 
 
 def losses(ckpt):

@@ -47,9 +47,15 @@ def wait_for(env, job, log, timeout=600):
     raise AssertionError(f"job {job} still {state} after {timeout}s; log:\n{log.read_text()[-3000:] if log.exists() else ''}")
 
 
-def test_tiny_job_trains_and_checkpoints(slurm_cluster, train_shards, tmp_path):
-    job, log, ckpt = submit(slurm_cluster, tmp_path, "whole", train_shards)
-    state, restarts, code = wait_for(slurm_cluster, job, log)
+@pytest.fixture(scope="module")
+def whole_job(slurm_cluster, train_shards, tmp_path_factory):
+    """One uninterrupted job: checked on its own, and the reference of the requeued one."""
+    job, log, ckpt = submit(slurm_cluster, tmp_path_factory.mktemp("whole"), "whole", train_shards)
+    return wait_for(slurm_cluster, job, log), log, ckpt
+
+
+def test_tiny_job_trains_and_checkpoints(whole_job):
+    (state, restarts, code), log, ckpt = whole_job
     text = log.read_text()
     assert (state, restarts, code) == ("COMPLETED", 0, "0:0"), text[-3000:]
     assert "launch.sh: job" in text and "2 task(s): tiny mag" in text and "tensor 1 x data 2" in text
@@ -62,9 +68,9 @@ def test_tiny_job_trains_and_checkpoints(slurm_cluster, train_shards, tmp_path):
     assert list((ckpt / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_signalled_job_requeues_and_resumes_exactly(slurm_cluster, train_shards, tmp_path):
-    whole_job, whole_log, whole = submit(slurm_cluster, tmp_path / "a", "whole", train_shards)
-    assert wait_for(slurm_cluster, whole_job, whole_log)[0] == "COMPLETED", whole_log.read_text()[-3000:]
+def test_signalled_job_requeues_and_resumes_exactly(slurm_cluster, train_shards, whole_job, tmp_path):
+    (state, _, _), whole_log, whole = whole_job
+    assert state == "COMPLETED", whole_log.read_text()[-3000:]
 
     job, log, ckpt = submit(slurm_cluster, tmp_path / "b", "split", train_shards,
                             extra=["schedule.train_steps=24"])
