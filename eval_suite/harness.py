@@ -261,11 +261,23 @@ if __name__ != "__main__":  # run as a script, this file hands over to its impor
 # tasks
 
 
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_path: Optional[str]):
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: Optional[str], defaults: bool = True):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path)  # indexes every YAML lm-eval ships: seconds, so once
+    # with the defaults it indexes every YAML lm-eval ships: ~20 s on 2 cores, so once per process
+    return TaskManager(include_path=include_path, include_defaults=defaults)
+
+
+def _manager_for(names: Sequence[str], include_path: Optional[str]):
+    """lm-eval's task index for ``names``: the YAMLs under ``include_path`` alone when each name is a
+    plain task there (they take precedence over lm-eval's own anyway), else every task lm-eval ships too
+    (a group or tag may name lm-eval's tasks)."""
+    if include_path:
+        local = _task_manager(include_path, defaults=False)
+        if all(n in local.all_subtasks for n in names):
+            return local
+    return _task_manager(include_path)
 
 
 def check_tasks(tasks: Sequence[str], include_path: Optional[str] = None, local_tasks: Sequence[str] = ()) -> list:
@@ -278,7 +290,7 @@ def check_tasks(tasks: Sequence[str], include_path: Optional[str] = None, local_
         raise EvalInputError("no lm-evaluation-harness tasks given")
     if include_path is not None and not os.path.isdir(include_path):
         raise EvalInputError(f"harness include_path {include_path}: no such folder")
-    manager = _task_manager(include_path)
+    manager = _manager_for(tasks, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks and not os.path.isfile(t)]
     if unknown:
         hints = []
@@ -336,12 +348,13 @@ def run_tasks(model: EvalModel, tasks: list, include_path: Optional[str] = None,
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
-    if any(isinstance(t, str) for t in tasks):
+    names = [t for t in tasks if isinstance(t, str)]
+    if names:
         tasks = check_tasks(tasks, include_path)
     # the manager only files the built objects; without one lm-eval would index every YAML it ships again
     out = lm_eval.simple_evaluate(model=TitansHarnessLM(model=model), tasks=list(tasks), num_fewshot=num_fewshot,
                                   limit=limit, bootstrap_iters=bootstrap_iters,
-                                  task_manager=_task_manager(include_path), log_samples=False)
+                                  task_manager=_manager_for(names, include_path), log_samples=False)
     out = json.loads(json.dumps(out, default=handle_non_serializable))
     per_task = {}
     for task, results in out["results"].items():

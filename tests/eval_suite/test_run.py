@@ -98,22 +98,26 @@ def test_loss_curves_read_the_tensorboard_events(checkpoints):
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run: no such folder"),
     (["--tasks", "wikitext103"], "pass --data-dir"),
-    (["--tasks", "needle,hellaswagg"], "hellaswagg"),
+    # test_harness.py's include_path: lm-eval's task index (seconds) is built once for both
+    (["--tasks", "needle,hellaswagg", "--set", f"harness.include_path={json.dumps(str(TASKS_DIR))}"], "hellaswagg"),
     (["--tasks", "needle", "--set", "needle.kinds=[\"passkey\",\"haystack\"]"], "haystack"),
     (["--tasks", "needle", "--set", "needle.lenghts=[256]"], "unknown key needle.lenghts"),
 ])
-def test_bad_inputs_fail_before_any_model_work(checkpoints, args, message):
+def test_bad_inputs_fail_before_any_model_work(checkpoints, capsys, args, message):
+    """eval_suite/run.py's main in this process (the command line itself runs in ``evaluated``)."""
     full = args if "--checkpoint" in args else ["--checkpoint", checkpoints["mag"], *args]
-    proc = run(*full)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert "== " not in proc.stdout  # no checkpoint was loaded
+    assert evaluation.main(list(map(str, full))) == 2
+    out, err = capsys.readouterr()
+    assert message in err, err[-2000:]
+    assert "== " not in out  # no checkpoint was loaded
 
 
-def test_wrong_data_format_is_named(checkpoints, tmp_path):
+def test_wrong_data_format_is_named(checkpoints, tmp_path, capsys):
     (tmp_path / "lambada_openai").mkdir()
     (tmp_path / "lambada_openai" / "test.jsonl").write_text('{"passage": "no text field here"}\n')
-    proc = run("--checkpoint", checkpoints["mag"], "--tasks", "lambada", "--data-dir", tmp_path)
-    assert proc.returncode == 2 and "test.jsonl line 1: expected a field 'text'" in proc.stderr
+    assert evaluation.main(["--checkpoint", str(checkpoints["mag"]), "--tasks", "lambada", "--data-dir", str(tmp_path),
+                            "--output", str(tmp_path / "out")]) == 2
+    assert "test.jsonl line 1: expected a field 'text'" in capsys.readouterr().err
 
 
 def test_task_names_are_stripped():
