@@ -298,7 +298,7 @@ def plot(rows: list, path: str) -> None:
     os.replace(tmp, path)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/bench/mqar.json")
     p.add_argument("--output", required=True, help="OUTPUT.jsonl (runs), OUTPUT.md/.json/.png (report)")
@@ -310,7 +310,7 @@ def main():
     p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process")
     p.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way: the runs are comparable)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from OUTPUT.jsonl")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     cfg = read_config(args.config, REQUIRED, precision=False)
     check_config(cfg, args.config)

@@ -94,7 +94,7 @@ def test_scorer_is_exact():
     torch.testing.assert_close(loss, expected)
 
 
-def test_sweep_resumes_and_reports(tmp_path):
+def test_sweep_resumes_and_reports(tmp_path, capsys):
     """Two arms, one point, a few steps: runs are appended, a rerun trains nothing, the report holds
     a row per arm and the plot is written; two workers give the same runs; a different config does
     not reuse the runs."""
@@ -104,25 +104,24 @@ def test_sweep_resumes_and_reports(tmp_path):
     cfg["arms"] = {k: cfg["arms"][k] for k in ("lmm", "lmm-off")}
     path = tmp_path / "mqar.json"
     path.write_text(json.dumps(cfg))
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "bench" / "mqar.py"), "--config", str(path), "--output", str(out),
-           "--pairs", "4", "--gaps", "2", "--seeds", "0", "--threads", "1"]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert first.returncode == 0, first.stderr
+    mq = load_script("mqar")
+    args = ["--config", str(path), "--output", str(tmp_path / "out"), "--pairs", "4", "--gaps", "2", "--seeds", "0",
+            "--threads", "1"]
+    mq.main(args)  # in this process; the two-worker run below is the command line
     runs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["arm"] for r in runs] == ["lmm", "lmm-off"] and all(len(r["curve"]) == 2 for r in runs)
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert "0 to train" in again.stderr and len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    mq.main(args)
+    assert "0 to train" in capsys.readouterr().err and len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
     report = json.loads((tmp_path / "out.json").read_text())
     assert [r["arm"] for r in report["rows"]] == ["lmm", "lmm-off"]
     assert (tmp_path / "out.png").stat().st_size > 0 and "| lmm-off | floor | 4 | 2 |" in (tmp_path / "out.md").read_text()
-    parallel = cmd[:cmd.index("--output") + 1] + [str(tmp_path / "par")] + cmd[cmd.index("--output") + 2:] + ["--workers", "2"]
+    parallel = [sys.executable, str(ROOT / "bench" / "mqar.py"), *args, "--output", str(tmp_path / "par"), "--workers", "2"]
     par = subprocess.run(parallel, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert par.returncode == 0, par.stderr
     by_arm = {r["arm"]: r for r in map(json.loads, (tmp_path / "par.jsonl").read_text().splitlines())}
     for r in runs:  # two worker processes train the same runs to the same numbers
         assert (by_arm[r["arm"]]["accuracy"], by_arm[r["arm"]]["curve"]) == (r["accuracy"], r["curve"])
-    mq = load_script("mqar")
     changed = dict(cfg, train=dict(cfg["train"], steps=5))
     assert mq.config_hash(changed, "lmm") != report["config_hashes"]["lmm"]
     redefined = dict(cfg, arms=dict(cfg["arms"], lmm={"variant": "lmm", "role": "memory", "overrides": {"memory_depth": 1}}))
@@ -149,10 +148,9 @@ def test_config_errors_name_the_field(tmp_path):
     cfg["model"]["segment_length"] = 32
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(cfg))
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "mqar.py"), "--config", str(path), "--output",
-                             str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode != 0 and "window_size" in result.stderr and "segment_length" in result.stderr
     mq = load_script("mqar")
+    with pytest.raises(SystemExit, match="window_size.*segment_length"):
+        mq.main(["--config", str(path), "--output", str(tmp_path / "x")])
     cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
     cfg["train"]["mix"] = ["gaps"]
     with pytest.raises(SystemExit, match="train.mix"):
