@@ -101,7 +101,8 @@ def test_missing_input_and_foreign_output(tokenizer, tmp_path):
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
-def test_hub_id_offline_is_a_clear_error(tokenizer, tmp_path):
+def test_hub_id_offline_is_a_clear_error(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline at once, as a cluster's compute node is (no network timeouts)
     proc = tokenize(tokenizer, "HuggingFaceFW/fineweb-edu", tmp_path / "out", "--hf-config", "sample-100BT", check=False)
     assert proc.returncode == 2
     assert "HuggingFaceFW/fineweb-edu" in proc.stderr
