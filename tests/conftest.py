@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 
 # Fixtures that spawn processes (tokenizer training, tokenization, training runs, a SLURM cluster):
 # a test using one is a `process` test, left out of `make test-fast`.
-SPAWNING_FIXTURES = {"tokenizer", "train_shards", "checkpoints", "mag", "slurm_cluster", "tp_runs"}
+SPAWNING_FIXTURES = {"tokenizer", "train_shards", "checkpoints", "mag", "slurm_cluster", "layout_runs"}
 FAST_TIER = os.environ.get("TITANS_TEST_FAST") == "1"  # set by `make test-fast`
 
 
@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         if SPAWNING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A test that sets torch's thread count (a bench script's main run in-process, --threads 1) does not
+    leave it to the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.process  # starts processes: not in make test-fast
 
 def test_loss_falls_and_outputs_exist(train_shards, tmp_path):
     ckpt = tmp_path / "ckpt"
-    proc = run_train(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 24, "optim.lr": 0.01}))
+    proc = train_main(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 24, "optim.lr": 0.01}), check=True)
     curve = losses(ckpt)
     assert sorted(curve) == list(range(1, 25))
     assert sum(curve[s] for s in range(21, 25)) / 4 < sum(curve[s] for s in range(1, 5)) / 4 - 0.5
