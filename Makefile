@@ -6,6 +6,9 @@ TORCH_VERSION ?= 2.13.0
 # e.g. --index-url https://download.pytorch.org/whl/cpu: PyPI's Linux torch wheel brings the CUDA libraries.
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`, each at one thread (tests/conftest.py); a file's tests stay together
+# so that its module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: test test-fast demo bench gpu-check setup clean
 
@@ -20,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop (well under 3 minutes on 2 cores): in-process tests only; one that starts a process
 # fails here until it is marked `process` (tests/conftest.py).

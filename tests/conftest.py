@@ -16,6 +16,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Under pytest-xdist (`make test`: two workers on two cores) each worker and what it starts use one
+# thread, so that the two never oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 # Fixtures that spawn processes (tokenizer training, tokenization, training runs, a SLURM cluster):
 # a test using one is a `process` test, left out of `make test-fast`.
 SPAWNING_FIXTURES = {"tokenizer", "train_shards", "checkpoints", "mag", "slurm_cluster", "layout_runs"}
