@@ -24,6 +24,14 @@ class DataError(Exception):
     pass
 
 
+def read_manifest(directory: str) -> Manifest:
+    """The shard set's manifest; a missing or malformed one is a DataError naming the file and field."""
+    try:
+        return Manifest.read(directory)
+    except ManifestError as e:
+        raise DataError(str(e)) from e
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(list(key)))
 
@@ -32,10 +40,7 @@ class ShardStream:
     def __init__(self, directory: str, split: str, dp_rank: int, dp_world: int, micro_batch: int, seed: int,
                  seq_length: int, manifest: Optional[Manifest] = None):
         """``manifest``: the directory's manifest when the caller has read it already."""
-        try:
-            manifest = manifest or Manifest.read(directory)
-        except ManifestError as e:
-            raise DataError(str(e)) from e
+        manifest = manifest or read_manifest(directory)
         if manifest.seq_len != seq_length:
             raise DataError(f"{directory}: shards hold windows of seq_len {manifest.seq_len}, but the model's "
                             f"seq_length is {seq_length} (retokenize with --seq-len {seq_length}, or set seq_length)")

@@ -12,8 +12,8 @@ from typing import List
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, TrainConfig
-from pretrain.data import DataError, ShardStream
-from data_prep.manifest import Manifest, ManifestError
+from pretrain.data import DataError, ShardStream, read_manifest
+from data_prep.manifest import Manifest
 
 
 def _writable(directory: str) -> None:
@@ -57,10 +57,7 @@ def check(config: TrainConfig, world: int) -> Plan:
     data_dir = config.data.dir
     if not os.path.isdir(data_dir):
         raise DataError(f"data.dir {data_dir}: no such directory (make the shards with data_prep/tokenize.py)")
-    try:
-        manifest = Manifest.read(data_dir)
-    except ManifestError as e:
-        raise DataError(str(e)) from e
+    manifest = read_manifest(data_dir)
     vocab = manifest.tokenizer.vocab_size
     if vocab != model.vocab_size:
         raise DataError(f"{data_dir}: the tokenizer has {vocab} tokens, the model's vocab_size is {model.vocab_size}; "

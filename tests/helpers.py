@@ -4,6 +4,7 @@ runners of data_prep and pretrain, and the tiny training configuration."""
 import gzip
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -96,8 +97,6 @@ def torchrun(overrides, nproc=2, check=True):
 def as_of_step(source, target, step):
     """A copy of a run folder as it was right after ``step`` was saved (later checkpoints and the loss log
     gone), for a resume to continue from there."""
-    import shutil
-
     shutil.copytree(source, target)
     for later in target.glob("iter_*"):
         if int(later.name.split("_")[1]) > step:
