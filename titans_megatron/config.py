@@ -12,14 +12,17 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
 from titans_megatron.presets import preset_fields
 
-VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
+VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++", "gdn")
+TITANS_VARIANTS = ("lmm", "mac", "mag", "mal")  # the others are baselines: no memory, no persistent tokens
 MAC_RETRIEVALS = ("previous_segment", "own_query")
 
 
 @dataclass
 class TitansConfig(TransformerConfig):
     variant: str = "mag"
-    """lmm (memory only), mac (memory as context), mag (as gate), mal (as layer), transformer++."""
+    """lmm (memory only), mac (memory as context), mag (as gate), mal (as layer), and the baselines
+    transformer++ and gdn (Gated DeltaNet: Megatron-core's module; its widths are TransformerConfig's
+    linear_* fields)."""
 
     seq_length: int = 4096
     """Training sequence length: window, segment and chunk sizes are checked against it."""
@@ -83,6 +86,14 @@ class TitansConfig(TransformerConfig):
     memory_enabled: bool = True
     """False removes the memory branch altogether (attention alone): the recall baseline."""
 
+    # Gated DeltaNet (variant gdn).
+    gdn_dt_init: Optional[Tuple[float, float]] = (1e-3, 1e-1)
+    """dt_bias = softplus^-1(dt), dt log-uniform in this range per head (fla's GatedDeltaNet layer, the GDN
+    paper, Mamba-2); None: Megatron's dt_bias = 1."""
+    gdn_A_init: Tuple[float, float] = (0.0, 16.0)
+    """A uniform in this range per head, A_log = log A (fla: (0, 16); Megatron: (1, 16)). A token's state
+    decays by exp(-A softplus(alpha + dt_bias)) per step."""
+
     width_scaled_init: bool = False
     """init_method_std = sqrt(2 / (5 hidden_size)) ("small init", Nguyen & Salazar 2019) instead of the
     fixed init_method_std. Megatron's 0.02 suits widths near 2K; at the tiny presets' widths it makes
@@ -108,6 +119,8 @@ class TitansConfig(TransformerConfig):
         if self.make_vocab_size_divisible_by % self.tensor_model_parallel_size:
             raise ValueError(f"make_vocab_size_divisible_by ({self.make_vocab_size_divisible_by}) must be a multiple "
                              f"of tensor_model_parallel_size ({self.tensor_model_parallel_size})")
+        if self.variant == "gdn":
+            self._check_gated_delta_net()
         if self.variant == "lmm" and not self.memory_enabled:
             raise ValueError("memory_enabled=False leaves variant 'lmm' (memory only) with no mixer")
         if self.hidden_size % self.num_attention_heads:
@@ -137,6 +150,27 @@ class TitansConfig(TransformerConfig):
                 raise ValueError(f"segment_length ({self.segment_length}) must be a multiple of memory_chunk_size "
                                  f"({self.memory_chunk_size}): each segment continues the memory at a chunk boundary")
 
+    def _check_gated_delta_net(self):
+        if self.gdn_dt_init is not None:
+            lo_hi = tuple(self.gdn_dt_init)
+            if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1]:
+                raise ValueError(f"gdn_dt_init must be None or two numbers 0 < lo <= hi, got {self.gdn_dt_init!r}")
+            self.gdn_dt_init = lo_hi
+        lo_hi = tuple(self.gdn_A_init)
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1]:
+            raise ValueError(f"gdn_A_init must be two numbers 0 <= lo <= hi, got {self.gdn_A_init!r}")
+        self.gdn_A_init = lo_hi
+        for name in ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                     "linear_num_key_heads", "linear_num_value_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"variant gdn: {name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.linear_num_value_heads % self.linear_num_key_heads:
+            raise ValueError(f"linear_num_value_heads ({self.linear_num_value_heads}) must be a multiple of "
+                             f"linear_num_key_heads ({self.linear_num_key_heads})")
+        if self.linear_num_key_heads % self.tensor_model_parallel_size:
+            raise ValueError(f"variant gdn: linear_num_key_heads ({self.linear_num_key_heads}) must be a multiple of "
+                             f"tensor_model_parallel_size ({self.tensor_model_parallel_size}): heads are split across ranks")
+
     @property
     def padded_vocab_size(self) -> int:
         m = self.make_vocab_size_divisible_by
@@ -152,7 +186,7 @@ class TitansConfig(TransformerConfig):
 
     @property
     def effective_persistent_tokens(self) -> int:
-        return self.num_persistent_tokens if self.persistent_memory and self.variant != "transformer++" else 0
+        return self.num_persistent_tokens if self.persistent_memory and self.variant in TITANS_VARIANTS else 0
 
     @property
     def mac_memory_keys(self) -> float:
@@ -168,7 +202,7 @@ class TitansConfig(TransformerConfig):
 
     @property
     def has_memory(self) -> bool:
-        return self.memory_enabled and self.variant != "transformer++"
+        return self.memory_enabled and self.variant in TITANS_VARIANTS
 
     @classmethod
     def from_preset(cls, name: str, variant: str = "mag", **overrides) -> "TitansConfig":

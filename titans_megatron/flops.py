@@ -4,13 +4,15 @@ what an implementation does (no recomputation, no padding).
     6 x (matrices applied to every token: all 2-D weights but the input embedding table, which is a
          lookup, and the depthwise conv; MAC's memory-token projection counts its reads per token)
   + attention: 12 x hidden x (mean keys a query attends to), per attention layer (QK^T and AV, fwd+bwd)
+  + Gated DeltaNet: 3 x 6 x d_k x d_v per value head (the recurrent form's read S^T k, rank-one write
+    and readout S^T q; the chunked kernels compute the same state), per layer
   + memory: 3 x the memory op's forward model (kernels/memory_op/flops.py) x heads, per memory layer,
     and for MAC the retrieval of its memory tokens (N_l per segment, or one per token for own-query
     retrieval; 3 x 2 x the MLP's weights per token read)
 
 Mean keys per query: Transformer++ (T + 1) / 2; MAG / MAL a causal window w plus the persistent prefix;
 MAC a causal segment C plus the persistent and memory tokens (N_l, or for own-query retrieval a causal
-block of C); LMM none.
+block of C); LMM and Gated DeltaNet none.
 
 The memory forward is exactly the torch backend's matmuls (tests/titans_megatron/test_flops.py checks
 both terms against torch's FLOP counter); Transformer++'s count (6N + causal attention) is the standard
@@ -23,7 +25,7 @@ from titans_megatron.config import TitansConfig
 
 def mean_attended_keys(config: TitansConfig) -> float:
     T, P = config.seq_length, config.effective_persistent_tokens
-    if config.variant == "lmm":
+    if config.variant in ("lmm", "gdn"):
         return 0.0
     if config.variant == "transformer++":
         return (T + 1) / 2
@@ -37,6 +39,8 @@ def mean_attended_keys(config: TitansConfig) -> float:
 def training_flops_per_token(config: TitansConfig, matmul_parameters: int) -> float:
     layers, hidden = config.num_layers, config.hidden_size
     flops = 6.0 * matmul_parameters + layers * 12.0 * hidden * mean_attended_keys(config)
+    if config.variant == "gdn":
+        flops += layers * 3.0 * 6.0 * config.linear_key_head_dim * config.linear_value_head_dim * config.linear_num_value_heads
     if config.has_memory:
         d, depth, E = config.head_dim, config.effective_memory_depth, config.memory_expansion
         per_head = memory_forward_flops(d, depth, E, config.memory_chunk_size)

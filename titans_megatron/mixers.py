@@ -29,6 +29,7 @@ from titans_megatron.branches import AttentionBranch, MemoryBranch, column_linea
 from titans_megatron.norms import HeadRMSNorm
 from titans_megatron.parallel import device_of, tensor_parallel_parameter, tp_size
 from titans_megatron.sharding import TensorParallelSharded
+from titans_megatron.stream_state import StreamState
 
 
 @dataclass
@@ -64,19 +65,15 @@ def gate_combine(norm_y, norm_m, y, m):
     return norm_y(y) * torch.sigmoid(norm_m(m))
 
 
-class Mixer(TensorParallelSharded):
-    """Shared parts: the persistent tokens, the output projection, and the stream state.
-
-    ``stream_state`` is None for whole sequences; ``TitansLM.stream`` sets it to a dict this mixer
-    keeps between the pieces of one stream (attention cache, memory state, conv inputs).
-    """
+class Mixer(StreamState, TensorParallelSharded):
+    """Shared parts: the persistent tokens, the output projection, and the stream state (attention
+    cache, memory state, conv inputs)."""
 
     def __init__(self, config, submodules=None, layer_number=None, pg_collection=None, **kwargs):
         super().__init__()
         self.config, self.layer_number = config, layer_number
         self.submodules = submodules or MixerSubmodules()
         self.column, self.row = self.submodules.column_linear, self.submodules.row_linear
-        self.stream_state = None
         n = config.effective_persistent_tokens
         self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype,
                                                    device=device_of(config))) if n else None
@@ -86,10 +83,6 @@ class Mixer(TensorParallelSharded):
 
     def prefix(self):
         return self.persistent
-
-    def stream_slot(self, name):
-        """This mixer's stream state for one branch, or None outside a stream."""
-        return None if self.stream_state is None else self.stream_state.setdefault(name, {})
 
     def project_out(self, o):
         out, bias = self.linear_proj(merge_heads(o))

@@ -6,7 +6,7 @@ import torch.nn as nn
 from megatron.core.models.gpt.gpt_model import GPTModel
 
 from titans_megatron.config import TitansConfig
-from titans_megatron.mixers import Mixer
+from titans_megatron.stream_state import StreamState
 from titans_megatron.parallel import ensure_model_parallel
 from titans_megatron.specs import block_spec
 
@@ -57,7 +57,7 @@ class TitansLM(nn.Module):
     def mixers(self):
         """Every token mixer, in order (MAL with residual sublayers has two per layer)."""
         return [m for layer in self.gpt.decoder.layers for m in (layer.self_attention, layer.cross_attention)
-                if isinstance(m, Mixer)]
+                if isinstance(m, StreamState)]
 
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, state=None):
@@ -66,8 +66,8 @@ class TitansLM(nn.Module):
 
         The pieces, concatenated, give the logits of one forward over the whole sequence (any piece
         lengths), while the state stays the same size whatever the context length (memory weights
-        and momenta, conv inputs, the sliding window's keys and values; Transformer++ keeps all its
-        keys and values, as full attention must).
+        and momenta, conv inputs, the sliding window's keys and values, Gated DeltaNet's recurrent
+        state; Transformer++ keeps all its keys and values, as full attention must).
         """
         if self.config.sequence_parallel:
             raise ValueError("streaming runs without sequence parallelism")

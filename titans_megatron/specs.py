@@ -1,27 +1,40 @@
-"""MAC, MAG, MAL, LMM and Transformer++ as Megatron-core specs: one ``TransformerLayer`` per block
-(pre-norm residuals, SwiGLU MLP, RMSNorm) whose ``self_attention`` is the variant's mixer."""
+"""MAC, MAG, MAL, LMM, Transformer++ and Gated DeltaNet as Megatron-core specs: one ``TransformerLayer``
+per block (pre-norm residuals, SwiGLU MLP, RMSNorm) whose ``self_attention`` is the variant's mixer."""
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from titans_megatron.gated_delta_net import GatedDeltaNetMixer
 from titans_megatron.mixers import MIXERS, MixerSubmodules, SlidingWindowMixer
-from titans_megatron.norms import RMSNorm
+from titans_megatron.norms import HeadSharedRMSNorm, RMSNorm
 
 
 # Megatron's own parallel linears; a spec for Transformer Engine's would name TE's classes here.
 MIXER_LINEARS = MixerSubmodules(column_linear=ColumnParallelLinear, row_linear=RowParallelLinear)
+
+# Megatron's GDN spec (get_gated_delta_net_module_spec) without Transformer Engine: the block's input
+# norm stays a separate RMSNorm instead of being fused into in_proj.
+GATED_DELTA_NET = ModuleSpec(module=GatedDeltaNetMixer, submodules=GatedDeltaNetSubmodules(
+    in_proj=ColumnParallelLinear, out_norm=HeadSharedRMSNorm, out_proj=RowParallelLinear))
+
+
+def mixer_spec(variant: str) -> ModuleSpec:
+    if variant == "gdn":
+        return GATED_DELTA_NET
+    if variant not in MIXERS:
+        raise ValueError(f"variant must be one of {sorted([*MIXERS, 'gdn'])}, got {variant!r}")
+    return ModuleSpec(module=MIXERS[variant], submodules=MIXER_LINEARS)
 
 
 def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
     """One block. ``mal_residual``: MAL's memory and attention as two pre-norm residual sublayers, the
     memory in the self-attention slot and the sliding-window attention in the layer's second
     (cross-attention) slot, which Megatron's TransformerLayer runs with its own norm and residual."""
-    if variant not in MIXERS:
-        raise ValueError(f"variant must be one of {sorted(MIXERS)}, got {variant!r}")
     second = {}
     if variant == "mal" and mal_residual:
         variant = "lmm"
@@ -31,7 +44,7 @@ def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=RMSNorm,
-            self_attention=ModuleSpec(module=MIXERS[variant], submodules=MIXER_LINEARS),
+            self_attention=mixer_spec(variant),
             self_attn_bda=get_bias_dropout_add,
             **second,
             pre_mlp_layernorm=RMSNorm,

@@ -4,7 +4,7 @@ import warnings
 
 from titans_megatron import TitansConfig
 
-VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own"]
+VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own", "gdn"]
 # Test names for a variant with a non-default option: (variant, config fields).
 OPTIONS = {"mac-own": ("mac", {"mac_retrieval": "own_query"}), "mal-res": ("mal", {"mal_residual": True})}
 

@@ -61,3 +61,5 @@ def test_mean_attended_keys():
     # own-query retrieval: one memory token per position, seen causally like the segment's tokens
     assert mean_attended_keys(config("mac", mac_retrieval="own_query")) == 2 * (1 + 2 + 3 + 4) / 4 + 2
     assert mean_attended_keys(config("lmm")) == 0
+    assert mean_attended_keys(config("gdn")) == 0
+
