@@ -58,11 +58,12 @@ class OptimSection:
                               lambda: [0.9, 0.95])
     eps: float = above(0, 1e-8)
     weight_decay: float = at_least(0, 0.1)
-    no_decay: List[str] = field(default_factory=lambda: ["norm", "bias", "linear_gates", "memory_init"])
+    no_decay: List[str] = field(default_factory=lambda: ["norm", "bias", "linear_gates", "memory_init", "A_log"])
     """Parameters whose name contains one of these take no weight decay ([] decays everything). The
     default exempts norms, biases (the memory's gate_bias too), the memory's gate projection
-    (linear_gates: theta, eta, alpha) and its initial weights; LMM's and MAL's output gate
-    (linear_gate, hidden x hidden) is a projection like any other and decays."""
+    (linear_gates: theta, eta, alpha) and its initial weights, and Gated DeltaNet's decay rates (A_log,
+    dt_bias; fla exempts both); LMM's and MAL's output gate (linear_gate, hidden x hidden) is a projection
+    like any other and decays."""
     warmup_steps: int = at_least(0, 100)
     grad_clip: float = at_least(0, 1.0)
     """Clip the global gradient norm to this (0: no clipping)."""

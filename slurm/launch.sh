@@ -4,7 +4,7 @@
 #   [VARIANT=mac] sbatch [-p PARTITION -A ACCOUNT] slurm/titans_760m.sh [VARIANT] [section.key=value ...]
 #
 # Environment, with defaults:
-#   VARIANT         transformer++ | lmm | mag | mal | mac      [the first argument; else CONFIG's variant; else mag]
+#   VARIANT         transformer++ | gdn | lmm | mag | mal | mac      [the first argument; else CONFIG's variant; else mag]
 #   CONFIG          the training config                                       [configs/${SIZE}_${VARIANT}.json]
 #   DATA_DIR        data_prep/tokenize.py output                              [$TITANS_ROOT/data/fineweb-edu; tiny: demo_run/shards]
 #   CKPT_ROOT       checkpoints and TensorBoard logs go to $CKPT_ROOT/$RUN_NAME [$TITANS_ROOT/checkpoints]
@@ -39,7 +39,7 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x "$TITANS_ROOT/.venv/bin/python" ]; then PYTHON=$TITANS_ROOT/.venv/bin/python; else PYTHON=python3; fi
 fi
 
-VARIANTS="transformer++ lmm mag mal mac"
+VARIANTS="transformer++ gdn lmm mag mal mac"
 if [ $# -gt 0 ] && [[ " $VARIANTS " == *" $1 "* ]]; then
     VARIANT=$1
     shift

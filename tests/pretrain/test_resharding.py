@@ -7,7 +7,7 @@ import torch
 from pretrain import resharding
 from titans_megatron import TitansConfig, build_model
 
-VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac"]
+VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac", "gdn"]
 
 
 def trained(variant, seed):

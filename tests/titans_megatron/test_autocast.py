@@ -13,7 +13,14 @@ from tests.titans_megatron.model_configs import VARIANTS, small_config
 # All gradients together within TOLERANCE; each parameter's within PER_PARAMETER, looser because the
 # gate biases' gradients are sums over every token with cancellation (up to 9% measured on CPU).
 TOLERANCE = 2e-2
+# Gated DeltaNet: the delta rule's write v - S^T k cancels, doubling the relative rounding error of its
+# inputs (0.44% -> 0.88% measured at the first layer), so its logits and gradients sit at twice the
+# others' error (1.9% / 3.1% measured; the other variants 0.8-1.2% / 1.1-1.7%).
+GDN_TOLERANCE = 4e-2
 PER_PARAMETER = 0.15
+# Gated DeltaNet's decay gates (A_log, dt_bias): one number per head, each a sum over every token of
+# the layer; 15.4% measured on the second layer of the two-head test model (the first: 2.2%).
+PER_HEAD_DECAY = 0.25
 CASES = [(variant, "torch") for variant in VARIANTS] + [
     # The kernels under the interpreter take ~10 s a variant on CPU: MAC (prefix + segments) stands for all;
     # tests/kernels/test_memory_op_triton.py checks the op itself under autocast.
@@ -47,12 +54,14 @@ def _step(variant, backend, bf16):
 def test_bf16_autocast_step_within_rounding_of_fp32(variant, backend):
     ref_logits, ref_grads = _step(variant, backend, bf16=False)
     logits, grads = _step(variant, backend, bf16=True)
+    tolerance = GDN_TOLERANCE if variant == "gdn" else TOLERANCE
     assert logits.dtype == torch.bfloat16
-    assert _relative(logits, ref_logits) < TOLERANCE
+    assert _relative(logits, ref_logits) < tolerance
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         assert g.dtype == torch.float32, name  # weights and their gradients stay fp32
         assert torch.isfinite(g).all(), name
-        assert _relative(g, ref_grads[name]) < PER_PARAMETER, name
+        decay = name.endswith(("A_log", "dt_bias"))
+        assert _relative(g, ref_grads[name]) < (PER_HEAD_DECAY if decay else PER_PARAMETER), name
     flat = torch.cat([g.flatten() for g in grads.values()])
-    assert _relative(flat, torch.cat([ref_grads[n].flatten() for n in grads])) < TOLERANCE
+    assert _relative(flat, torch.cat([ref_grads[n].flatten() for n in grads])) < tolerance

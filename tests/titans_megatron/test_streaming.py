@@ -30,7 +30,7 @@ def test_stream_equals_full_forward(variant):
         torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5, msg=lambda m: f"{variant} {sizes}: {m}")
 
 
-@pytest.mark.parametrize("variant", ["lmm", "mag", "mal", "mac"])
+@pytest.mark.parametrize("variant", ["lmm", "mag", "mal", "mac", "gdn"])
 def test_stream_state_is_constant_in_context_length(variant):
     config = small_config(variant)
     model = build_model(config)

@@ -21,14 +21,27 @@ def forward_backward(variant, tensor_model_parallel_size=1, sequence_parallel=Fa
     return model, logits
 
 
+def _shards(value):
+    """The ShardedTensors of a sharded-state-dict entry: factories (SwiGLU's fc1, Gated DeltaNet's
+    in_proj and conv split into query/key/value/...) built into theirs."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+    if isinstance(value, ShardedTensorFactory):
+        value = value.build()
+    if isinstance(value, ShardedTensor):
+        return [value]
+    if isinstance(value, dict):
+        value = value.values()
+    return [sh for v in value for sh in _shards(v)] if isinstance(value, (list, tuple, type({}.values()))) else []
+
+
 def assembled(sharded_state_dict):
     """Full tensors rebuilt from every rank's ShardedTensors, each placed at its global offset: what a
     checkpoint written at this tensor-parallel size holds (layers stacked on a leading axis)."""
-    from megatron.core.dist_checkpointing import ShardedTensor
-
     local = []
-    for sh in sharded_state_dict.values():
-        if isinstance(sh, ShardedTensor):  # sh.key is the checkpoint's key (layers stacked)
+    for value in sharded_state_dict.values():
+        for sh in _shards(value):  # sh.key is the checkpoint's key (layers stacked)
             data = sh.data.detach().reshape((1,) * sh.prepend_axis_num + tuple(sh.data.shape))
             local.append((sh.key, sh.global_shape, sh.global_offset, data.clone()))
     everyone = [None] * dist.get_world_size()
@@ -39,3 +52,17 @@ def assembled(sharded_state_dict):
             target = full.setdefault(key, torch.full(shape, float("nan"), dtype=data.dtype))
             target[tuple(slice(o, o + n) for o, n in zip(offset, data.shape))] = data
     return full
+
+
+def assembled_grads(model):
+    """The gradients as full tensors, placed like the weights in a checkpoint (``assembled``), so that
+    shards split into named parts (query/key/value/...) compare with the one-rank model's."""
+    weights = {}
+    for p in model.parameters():
+        weights[p] = p.data
+        p.data = p.grad if p.grad is not None else torch.zeros_like(p)
+    try:
+        return assembled(model.gpt.sharded_state_dict())
+    finally:
+        for p, data in weights.items():
+            p.data = data

@@ -7,35 +7,20 @@ import torch
 import torch.distributed as dist
 
 
-def gathered(param, dim, stride):
-    """The full tensor of a parameter: tensor-parallel shards joined along their partition dim (with
-    Megatron's partition stride: each shard holds ``stride`` interleaved pieces, as SwiGLU's fc1 does)."""
-    if dim is None:
-        return param
-    shards = [torch.empty_like(param) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, param.contiguous())
-    pieces = [shard.chunk(stride, dim=dim) for shard in shards]
-    return torch.cat([pieces[r][s] for s in range(stride) for r in range(len(shards))], dim=dim)
-
-
 def run(rank, world_size, port, variants, out_path, sequence_parallel):
     warnings.filterwarnings("ignore")
     dist.init_process_group("gloo", rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}")
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world_size)  # build_model joins it
-    from tests.titans_megatron.tp_reference import assembled, forward_backward
+    from tests.titans_megatron.tp_reference import assembled, assembled_grads, forward_backward
 
     results = {}
     for variant in variants:
         model, logits = forward_backward(variant, tensor_model_parallel_size=world_size,
                                          sequence_parallel=sequence_parallel)
-        grads = {}
-        for name, p in model.named_parameters():
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
-            grads[name] = gathered(g, dim, getattr(p, "partition_stride", 1)).detach().clone()
-        results[variant] = {"logits": logits.detach(), "grads": grads, "checkpoint": assembled(model.gpt.sharded_state_dict())}
+        results[variant] = {"logits": logits.detach(), "grads": assembled_grads(model),
+                            "checkpoint": assembled(model.gpt.sharded_state_dict())}
     if rank == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()
