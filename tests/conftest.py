@@ -119,3 +119,17 @@ def eval_data(tmp_path_factory):
     passages = [" ".join(t.split()[:12 + 9 * i]) for i, t in enumerate(corpus_texts(6, skip=3))]
     (root / "lambada_openai" / "test.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in passages))
     return root
+
+
+@pytest.fixture(scope="session")
+def babilong_dir(eval_data, tmp_path_factory):
+    """eval_data plus a small BABILong qa1 file (the RMT-team/babilong fields)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("eval_data_babilong")
+    shutil.copytree(eval_data, root, dirs_exist_ok=True)
+    (root / "babilong" / "0k").mkdir(parents=True)
+    rows = [{"input": f"Mary moved to the {place}. John went to the garden.", "question": "Where is Mary?",
+             "target": place} for place in ("bathroom", "hallway", "kitchen")]
+    (root / "babilong" / "0k" / "qa1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

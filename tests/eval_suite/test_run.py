@@ -24,20 +24,6 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def babilong_dir(eval_data, tmp_path_factory):
-    """eval_data plus a small BABILong qa1 file (the RMT-team/babilong fields)."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("eval_data_babilong")
-    shutil.copytree(eval_data, root, dirs_exist_ok=True)
-    (root / "babilong" / "0k").mkdir(parents=True)
-    rows = [{"input": f"Mary moved to the {place}. John went to the garden.", "question": "Where is Mary?",
-             "target": place} for place in ("bathroom", "hallway", "kitchen")]
-    (root / "babilong" / "0k" / "qa1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
-@pytest.fixture(scope="module")
 def evaluated(checkpoints, babilong_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_out")
     harness_task = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))[0]

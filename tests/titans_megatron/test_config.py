@@ -27,7 +27,7 @@ def test_invalid_config(case):
 
 
 def test_unknown_variant():
-    with pytest.raises(ValueError, match=r"variant must be one of \['lmm', 'mac', 'mag', 'mal', 'transformer\+\+'\], got 'mamba'"):
+    with pytest.raises(ValueError, match=r"variant must be one of \['lmm', 'mac', 'mag', 'mal', 'transformer\+\+', 'gdn'\], got 'mamba'"):
         TitansConfig(num_layers=1, hidden_size=8, num_attention_heads=2, variant="mamba")
     with pytest.raises(ValueError, match=r"unknown variant 'mamba'"):
         TitansConfig.from_preset("tiny", variant="mamba")
