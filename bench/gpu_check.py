@@ -28,7 +28,7 @@ import time  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
 
 ROOT = os.path.dirname(_here)
-NEEDED = ("torch", "megatron.core", "triton", "sentencepiece", "lm_eval", "pytest")
+NEEDED = ("torch", "megatron.core", "triton", "fla", "sentencepiece", "lm_eval", "pytest")
 VERDICT = re.compile(r"^\|.*\| (met|not met|n/a) \|$")
 
 

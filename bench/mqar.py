@@ -48,7 +48,7 @@ from pretrain.schedule import learning_rate  # noqa: E402
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 
 REQUIRED = ("model", "task", "optim", "train", "eval", "sweep", "arms")
-ROLES = ("ceiling", "memory", "floor", "ablation")
+ROLES = ("ceiling", "memory", "floor", "ablation", "baseline")  # baseline: another recurrent model (Gated DeltaNet)
 
 
 def check_config(cfg: dict, path: str) -> None:
@@ -184,16 +184,21 @@ def train_points(todo: list, cfg: dict, args):
 # (not all of TransformerConfig, whose many unrelated fields come and go between Megatron versions).
 MEGATRON_FIELDS = ("hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "num_layers",
                    "init_method_std", "normalization", "gated_linear_unit")
+GATED_DELTA_NET_FIELDS = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads",
+                          "linear_num_value_heads")
 
 
 def resolved_model(cfg: dict, arm: str) -> dict:
     """The arm's model config after presets and defaults (sequence length aside): a default changed in
     titans_megatron changes the run's key, so runs under the old default are not reused. The memory's
-    fields count only where a memory exists (a memory default changed does not retrain Transformer++)."""
+    fields count only where a memory exists (a memory default changed does not retrain Transformer++), Gated
+    DeltaNet's only for it."""
     model = model_config(cfg, cfg["arms"][arm], seq_length=4 * cfg["model"]["window_size"])
     own = [f.name for f in dataclasses.fields(TitansConfig) if f.name in TitansConfig.__annotations__
-           and (model.has_memory or not f.name.startswith("memory_"))]
-    return {k: getattr(model, k) for k in (*own, *MEGATRON_FIELDS) if k != "seq_length"}
+           and (model.has_memory or not f.name.startswith("memory_"))
+           and (model.variant == "gdn" or not f.name.startswith("gdn_"))]
+    widths = GATED_DELTA_NET_FIELDS if model.variant == "gdn" else ()
+    return {k: getattr(model, k) for k in (*own, *MEGATRON_FIELDS, *widths) if k != "seq_length"}
 
 
 def config_hash(cfg: dict, arm: str) -> str:

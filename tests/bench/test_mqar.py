@@ -143,6 +143,21 @@ def test_memory_defaults_do_not_rekey_arms_without_memory(monkeypatch):
     assert mq.config_hash(cfg, "transformer++") == before["transformer++"]
     assert mq.config_hash(cfg, "lmm") != before["lmm"]
 
+
+def test_gated_delta_net_defaults_rekey_only_its_arms(monkeypatch):
+    """Gated DeltaNet's defaults (its gate initialisation, its widths) reach only the gdn arms' keys, so
+    adding the variant left every committed Titans and Transformer++ run valid."""
+    mq = load_script("mqar")
+    cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
+    arms = ("transformer++", "lmm", "gdn")
+    before = {arm: mq.config_hash(cfg, arm) for arm in arms}
+    resolve = mq.model_config
+    for change in ({"gdn_dt_init": (1e-2, 1e-1)}, {"linear_conv_kernel_dim": 2}):
+        monkeypatch.setattr(mq, "model_config", lambda *a, change=change, **k: dataclasses.replace(resolve(*a, **k), **change))
+        after = {arm: mq.config_hash(cfg, arm) for arm in arms}
+        assert after["transformer++"] == before["transformer++"] and after["lmm"] == before["lmm"], change
+        assert after["gdn"] != before["gdn"], change
+
 def test_config_errors_name_the_field(tmp_path):
     cfg = json.loads((ROOT / "configs" / "bench" / "mqar.json").read_text())
     cfg["model"]["segment_length"] = 32

@@ -120,3 +120,15 @@ def test_recurrence_costs_six_dk_dv_per_token_and_head():
 def test_bad_widths_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         small_config("gdn", **{field: value})
+
+
+def test_cpu_path_needs_no_fla_and_a_gpu_does(monkeypatch):
+    """Upstream refuses to build without fla; on CPU nothing of fla is called, so the model builds and
+    runs without it, while on a GPU the missing kernels are named."""
+    monkeypatch.setattr(upstream, "HAVE_FLA", False)
+    model, _ = _mixer()
+    assert torch.isfinite(model(torch.randint(0, 97, (1, 8)))).all()
+    assert upstream.HAVE_FLA is False  # the check is lifted for the construction only
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ImportError, match="fla-core"):
+        _mixer()
