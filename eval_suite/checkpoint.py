@@ -91,7 +91,7 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
         raise EvalInputError(f"{label}: its training configuration does not make a model "
                              f"({str(e).replace(os.path.join(folder, STATE_FILE), STATE_FILE)})") from e
     try:
-        tokenizer = trained_tokenizer(train_config, tokenizer)
+        tokenizer = trained_tokenizer(train_config, tokenizer, folder)
     except CheckpointError as e:
         raise EvalInputError(f"{label}: {e} (--tokenizer PATH)") from e
     codec = _codec(tokenizer, label, model_config.vocab_size)

@@ -105,6 +105,14 @@ class CheckpointSection:
     """Save every this many steps (0: only at the end and on a stop)."""
     keep: int = at_least(0, 3)
     """The newest this many checkpoints are kept (0: all)."""
+    init_from: str = ""
+    """A checkpoint (a run folder with ``latest``, or one iter_NNNNNNN folder, any tensor-parallel size)
+    whose weights start this run, Megatron's --finetune: used only while ``dir`` holds no checkpoint of
+    its own (a requeued job resumes from its own); step, schedule and data position start at zero. The
+    model may differ from the checkpoint's in what keeps parameter shapes (sequence length, window,
+    segment, chunk, memory lr, ...); a shape or parameter that differs is refused by name."""
+    init_optimizer: bool = False
+    """With ``init_from``: also take its AdamW moments (the parameter groups must match)."""
 
 
 @dataclass

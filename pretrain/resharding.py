@@ -127,10 +127,21 @@ def model_pieces(model) -> dict:
     return {"format": FORMAT, "pieces": pieces, "extra": extra}
 
 
+def _check_names(placements: Dict[str, object], state: dict, saved: Dict[str, list]) -> None:
+    """The checkpoint holds exactly the model's tensors (by piece name), or the differences are named."""
+    needed = {name for key, value in state.items() if isinstance(value, torch.Tensor)
+              for name, *_ in _split(key, placements.get(key), value)[0]}
+    missing, extra = sorted(needed - set(saved)), sorted(set(saved) - needed)
+    if missing or extra:
+        raise ReshardError(f"the checkpoint holds other parameters than the model: {len(missing)} missing from it "
+                           f"{missing[:4]}, {len(extra)} not in the model {extra[:4]}")
+
+
 def load_model(model, files: List[dict]) -> None:
     """Fill ``model`` (this rank's shards) from the pieces of every saved tensor-parallel rank."""
     placements, saved = _placements(model), _index(files)
     state = model.state_dict()
+    _check_names(placements, state, saved)
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
             state[key] = _gather_local(key, placements.get(key), value, saved)

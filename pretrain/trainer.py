@@ -38,8 +38,9 @@ class TrainingAborted(Exception):
 class Checkpoints:
     """Saves at most once per step (a stop right after a periodic save does not write it again)."""
 
-    def __init__(self, config: TrainConfig, layout, model, opt, data, step: int, say):
+    def __init__(self, config: TrainConfig, layout, model, opt, data, step: int, say, bundle: ckpt.Bundle):
         self.config, self.layout, self.model, self.opt, self.data, self.say = config, layout, model, opt, data, say
+        self.bundle = bundle
         self.saved_step = step  # the resumed checkpoint's step, or 0: nothing trained yet is not saved again
 
     def save(self, step: int) -> None:
@@ -48,7 +49,7 @@ class Checkpoints:
         by_dp = dict(dist_.gather_objects((self.layout.dp_rank, self.data.state_dict()), self.layout))
         path = ckpt.save(self.config.checkpoint.dir, step, self.model, self.opt.checkpoint_state,
                          [by_dp[r] for r in range(self.layout.data)], self.config.as_dict(), self.layout,
-                         self.config.checkpoint.keep)
+                         self.config.checkpoint.keep, self.bundle)
         self.saved_step = step
         self.say(f"saved {path}")
 
@@ -65,6 +66,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     for line in plan.lines:
         say(line)
     check_training_precision(config.run.precision, layout.device)
+    bundle = ckpt.Bundle.of(plan.manifest, config.data.dir)  # the tokenizer every checkpoint will carry
     sched, optim_cfg, model_config = config.schedule, config.optim, plan.model_config
 
     model = build_model(model_config, seed=config.run.seed).to(layout.device)
@@ -78,7 +80,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         data.load_state_dict(state.data[min(layout.dp_rank, len(state.data) - 1)])  # refuses another DP size
         step = state.step
         say(f"resumed from {latest} at step {step}")
-    checkpoints = Checkpoints(config, layout, model, opt, data, step, say)
+    elif config.checkpoint.init_from:
+        source = ckpt.init_from(config.checkpoint.init_from, model,
+                                opt.checkpoint_state if config.checkpoint.init_optimizer else None)
+        say(f"initialised from {source.folder} (step {source.step} of its run"
+            f"{', with its optimizer state' if config.checkpoint.init_optimizer else ''}); this run starts at step 0")
+    checkpoints = Checkpoints(config, layout, model, opt, data, step, say, bundle)
     stops = StopRule(config.run, plan.train_steps, signals, started, layout)
 
     accumulation = sched.global_batch // (sched.micro_batch * layout.data)

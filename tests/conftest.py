@@ -3,12 +3,13 @@ Plain helpers are in tests/helpers.py."""
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
 import torch
 
-from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, tiny_overrides, train_main
+from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, shared_across_workers, tiny_overrides, train_main
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
@@ -76,11 +77,12 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def train_shards(tmp_path_factory):
     """Shards of SEQ-token windows with a VOCAB-piece tokenizer: what the tiny training runs read."""
-    root = tmp_path_factory.mktemp("train_shards")
-    run_cli("train_tokenizer.py", "--input", CORPUS, "--vocab-size", VOCAB, "--output", root / "tok.model")
-    run_cli("tokenize.py", "--input", CORPUS, "--tokenizer", root / "tok.model", "--output", root / "shards",
-            "--seq-len", SEQ, "--seqs-per-shard", 64, "--val-docs", 8, "--workers", 1)
-    return root / "shards"
+    def build(root):
+        run_cli("train_tokenizer.py", "--input", CORPUS, "--vocab-size", VOCAB, "--output", root / "tok.model")
+        run_cli("tokenize.py", "--input", CORPUS, "--tokenizer", root / "tok.model", "--output", root / "shards",
+                "--seq-len", SEQ, "--seqs-per-shard", 64, "--val-docs", 8, "--workers", 1)
+
+    return shared_across_workers(tmp_path_factory, "train_shards", build) / "shards"
 
 
 EVAL_STEPS = {"schedule.train_steps": 8, "checkpoint.interval": 4, "eval.interval": 4}
@@ -89,12 +91,15 @@ EVAL_STEPS = {"schedule.train_steps": 8, "checkpoint.interval": 4, "eval.interva
 @pytest.fixture(scope="session")
 def checkpoints(train_shards, tmp_path_factory):
     """{variant: checkpoint folder} for mag and transformer++ (8 steps each; eval_suite tests)."""
-    root = tmp_path_factory.mktemp("eval_checkpoints")
-    out = {}
-    for variant in ("mag", "transformer++"):
-        out[variant] = root / variant.replace("+", "p")
-        train_main(tiny_overrides(train_shards, out[variant], **EVAL_STEPS, **{"model.variant": variant}), check=True)
-    return out
+    variants = ("mag", "transformer++")
+
+    def build(root):
+        for variant in variants:
+            train_main(tiny_overrides(train_shards, root / variant.replace("+", "p"), **EVAL_STEPS,
+                                      **{"model.variant": variant}), check=True)
+
+    root = shared_across_workers(tmp_path_factory, "eval_checkpoints", build)
+    return {variant: root / variant.replace("+", "p") for variant in variants}
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +129,6 @@ def eval_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def babilong_dir(eval_data, tmp_path_factory):
     """eval_data plus a small BABILong qa1 file (the RMT-team/babilong fields)."""
-    import shutil
-
     root = tmp_path_factory.mktemp("eval_data_babilong")
     shutil.copytree(eval_data, root, dirs_exist_ok=True)
     (root / "babilong" / "0k").mkdir(parents=True)

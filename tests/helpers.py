@@ -1,8 +1,10 @@
 """Helpers the test folders share (fixtures are in tests/conftest.py): the repository's paths, the CLI
 runners of data_prep and pretrain, and the tiny training configuration."""
 
+import fcntl
 import gzip
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -114,3 +116,23 @@ def losses(ckpt):
         record = json.loads(line)
         out[record["step"]] = record["loss"]
     return out
+
+
+def shared_across_workers(tmp_path_factory, name, build):
+    """A session artefact made once for the whole run: under pytest-xdist the first worker to ask builds
+    it (``build(folder)``) under a file lock while the other waits, then both use the same folder, so
+    the reference runs two test files share are not trained once per worker. Users must not change it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target, done = root / name, root / f"{name}.complete"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(target, ignore_errors=True)  # a worker that failed half-way
+                target.mkdir()
+                build(target)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target

@@ -3,6 +3,7 @@ name in reports, its training context and tokenizer; and every broken folder nam
 missing."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -40,7 +41,8 @@ def broken_copy(source, root, latest="iter_0000008", model_files=True, data_dir=
 @pytest.mark.parametrize("kind, message", [
     ("latest", "{run}: its 'latest' names 'iter_0000099', which does not exist"),
     ("model", "{run} (iter_0000008): saved at tensor-parallel size 1 but lacks model_tp0.pt"),
-    ("moved", "{run} (iter_0000008): no tokenizer: the run's data.dir (/nonexistent/shards) has no manifest"),
+    ("moved", "{run} (iter_0000008): no tokenizer: the checkpoint holds no tokenizer.model and the run's data.dir "
+              "(/nonexistent/shards) has no manifest"),
     ("state", "{run} (iter_0000008): train_state.json is unreadable"),
     ("empty", "{run}: neither a run folder with 'latest' nor an iter_NNNNNNN folder with train_state.json"),
 ])
@@ -65,3 +67,28 @@ def test_a_tokenizer_that_does_not_fit(checkpoints, tmp_path):
     run = broken_copy(checkpoints["mag"], tmp_path / "run", data_dir="")
     with pytest.raises(EvalInputError, match=f"tokenizer {bad}: not a sentencepiece model"):
         inspect(str(run), str(bad))
+
+
+def test_a_copied_checkpoint_carries_its_tokenizer(checkpoints, tmp_path):
+    """A checkpoint copied to another machine, its shards gone: the tokenizer inside it is found and
+    checked against the sha256 it records; a replaced one is refused."""
+    import shutil
+
+    source = checkpoints["mag"] / "iter_0000008"
+    copy = tmp_path / "run" / "iter_0000008"
+    shutil.copytree(source, copy)
+    (tmp_path / "run" / "latest").write_text("iter_0000008")
+    state = json.loads((copy / "train_state.json").read_text())
+    manifest = json.loads((pathlib.Path(state["config"]["data"]["dir"]) / "manifest.json").read_text())
+    state["config"]["data"]["dir"] = "/nonexistent/shards"
+    (copy / "train_state.json").write_text(json.dumps(state))
+    summary = json.loads((copy / "data_summary.json").read_text())
+    assert summary["tokenizer"] == manifest["tokenizer"] and summary["seq_len"] == manifest["seq_len"]
+    assert summary["splits"]["train"]["shards"] == len(manifest["splits"]["train"]["shards"])
+    assert summary["splits"]["train"]["samples"] == manifest["splits"]["train"]["samples"]
+    found = inspect(str(tmp_path / "run"))
+    assert found.tokenizer == str(copy / "tokenizer.model")
+    assert found.codec.encode("a b c") == inspect(str(checkpoints["mag"])).codec.encode("a b c")
+    (copy / "tokenizer.model").write_bytes((copy / "tokenizer.model").read_bytes()[:-1] + b"x")
+    with pytest.raises(EvalInputError, match="sha256 differs"):
+        inspect(str(tmp_path / "run"))

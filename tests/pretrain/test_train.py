@@ -23,6 +23,10 @@ def test_loss_falls_and_outputs_exist(train_shards, tmp_path):
     assert sorted(curve) == list(range(1, 25))
     assert sum(curve[s] for s in range(21, 25)) / 4 < sum(curve[s] for s in range(1, 5)) / 4 - 0.5
     assert (ckpt / "latest").read_text() == "iter_0000024"
+    # self-contained: the tokenizer and the data's summary travel with every checkpoint
+    manifest = json.loads((train_shards / "manifest.json").read_text())
+    assert (ckpt / "iter_0000024" / "tokenizer.model").read_bytes() == open(manifest["tokenizer"]["path"], "rb").read()
+    assert json.loads((ckpt / "iter_0000024" / "data_summary.json").read_text())["data_dir"] == str(train_shards)
     assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("iter_")) == ["iter_0000020", "iter_0000024"]
     assert list((ckpt / "tensorboard").glob("events.out.tfevents.*"))
     assert "ETA" in proc.stdout and "val loss" in proc.stdout
@@ -154,6 +158,17 @@ def test_bad_data_configurations(train_shards, tmp_path):
     proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **{"schedule.global_batch": 5}))
     assert proc.returncode == 2 and "schedule.global_batch (5) must be a multiple of schedule.micro_batch (2)" in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "latest")
+    # the tokenizer every checkpoint carries a copy of must be where the manifest says, and be that one
+    moved = tmp_path / "moved"
+    shutil.copytree(train_shards, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    for path, message in [("/nonexistent/tok.model", "names the tokenizer /nonexistent/tok.model, which does not exist"),
+                          (str(moved / "manifest.json"), "(sha256 differs): the shards were made with another")]:
+        manifest["tokenizer"]["path"] = path
+        (moved / "manifest.json").write_text(json.dumps(manifest))
+        proc = train_main(tiny_overrides(moved, tmp_path / "d"))
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
+    assert not os.path.exists(tmp_path / "d" / "latest")
 
 
 def test_bf16_training_on_cpu_is_refused(train_shards, tmp_path):
