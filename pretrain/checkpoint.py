@@ -18,6 +18,7 @@ checkpoint loads at any tensor-parallel size; RNG states (tensors: every file lo
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -159,7 +160,15 @@ def _read_all(path: str, kind: str, saved_tp: int) -> list:
     if missing:
         raise CheckpointError(f"{path} was saved at tensor-parallel size {saved_tp} but lacks {missing}")
     # memory-mapped: a rank reads only the bytes of the pieces that overlap its own shards
-    return [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    return [_load(f) for f in files]
+
+
+def _load(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path} is unreadable: truncated, half-written or not a checkpoint file "
+                              f"({str(e).splitlines()[0]})") from e
 
 
 def read_state(folder: str) -> TrainState:
@@ -187,7 +196,7 @@ def load(path: str, model, optimizer, config: dict, layout=None) -> TrainState:
     same_layout = all(saved_layout[k] == (getattr(layout, k) if layout else 1) for k in ("tensor", "data"))
     rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
     if optimizer is not None and same_layout and os.path.exists(rng):
-        _set_rng_state(torch.load(rng, weights_only=True))
+        _set_rng_state(_load(rng))
     return state
 
 
