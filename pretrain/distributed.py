@@ -142,10 +142,3 @@ def barrier(layout: Layout) -> None:
     if layout.world > 1:
         dist.barrier()
 
-
-def gather_objects(obj, layout: Layout) -> list:
-    if layout.world == 1:
-        return [obj]
-    out = [None] * layout.world
-    dist.all_gather_object(out, obj)
-    return out

@@ -63,7 +63,7 @@ def check(config: TrainConfig, world: int) -> Plan:
         raise DataError(f"{data_dir}: the tokenizer has {vocab} tokens, the model's vocab_size is {model.vocab_size}; "
                         f"set model.overrides.vocab_size={vocab} or use shards made with the model's tokenizer")
     train = ShardStream(data_dir, "train", 0, data_parallel, sched.micro_batch, config.data.seed, model.seq_length,
-                        manifest)
+                        manifest, global_batch=sched.global_batch)
     if config.eval.interval:
         ShardStream(data_dir, "val", 0, 1, sched.micro_batch, config.data.seed, model.seq_length, manifest)
 
@@ -76,10 +76,11 @@ def check(config: TrainConfig, world: int) -> Plan:
         if diff:
             raise ckpt.CheckpointError(f"{latest} holds a different model; refusing to resume from it:\n  "
                                        + "\n  ".join(diff))
-        if saved.layout["data"] != data_parallel:
-            raise ckpt.CheckpointError(f"{latest} was saved at data-parallel size {saved.layout['data']}, this run "
-                                       f"has {data_parallel}: the sample order depends on it (keep world / "
-                                       "parallel.tensor the same, or start a new checkpoint.dir)")
+        if not all(isinstance(d, dict) and "consumed" in d for d in saved.data):
+            raise DataError(f"{latest}: its data position was saved by the per-rank sample order of an earlier "
+                            "version, which cannot be continued exactly; start a new checkpoint.dir with "
+                            f"checkpoint.init_from={latest} (its weights; its optimizer state with "
+                            "checkpoint.init_optimizer=true)")
         resume = f"resuming from {latest} at step {saved.step}"
 
     tokens = sched.global_batch * model.seq_length

@@ -1,5 +1,5 @@
-"""``train_state.json``, the record of a checkpoint that says what it is: the step, each data-parallel
-rank's data position, the whole training configuration and the parallel layout it was saved at.
+"""``train_state.json``, the record of a checkpoint that says what it is: the step, the data position,
+the whole training configuration and the parallel layout it was saved at.
 Typed and versioned; read by pretrain (resume, preflight, loading a model), eval_suite and bench.
 A file without ``version`` is version 1 (the same fields: checkpoints written before the version)."""
 
@@ -19,7 +19,8 @@ class TrainStateError(Exception):
 @dataclass
 class TrainState:
     step: int
-    data: List[dict]  # data position per data-parallel rank (pretrain.data.ShardStream.state_dict)
+    data: List[dict]  # [the global data position] (pretrain.data.ShardStream.state_dict; before 2026-12-02 one per
+    # data-parallel rank, in a per-rank order that cannot be resumed now)
     config: dict  # pretrain.config.TrainConfig.as_dict()
     layout: dict  # pretrain.distributed.Layout.as_dict(): tensor, data, ...
     version: int = VERSION

@@ -46,10 +46,10 @@ class Checkpoints:
     def save(self, step: int) -> None:
         if step == self.saved_step:
             return
-        by_dp = dict(dist_.gather_objects((self.layout.dp_rank, self.data.state_dict()), self.layout))
+        # the position is global (samples consumed by all ranks): every rank holds the same one
         path = ckpt.save(self.config.checkpoint.dir, step, self.model, self.opt.checkpoint_state,
-                         [by_dp[r] for r in range(self.layout.data)], self.config.as_dict(), self.layout,
-                         self.config.checkpoint.keep, self.bundle)
+                         [self.data.state_dict()], self.config.as_dict(), self.layout, self.config.checkpoint.keep,
+                         self.bundle)
         self.saved_step = step
         self.say(f"saved {path}")
 
@@ -72,12 +72,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     model = build_model(model_config, seed=config.run.seed).to(layout.device)
     opt = optim_.build(model, model_config, optim_cfg, layout)
     data = ShardStream(config.data.dir, "train", layout.dp_rank, layout.data, sched.micro_batch, config.data.seed,
-                       model_config.seq_length, plan.manifest)
+                       model_config.seq_length, plan.manifest, global_batch=sched.global_batch)
     step = 0
     latest = ckpt.latest_dir(config.checkpoint.dir)
     if latest:
         state = ckpt.load(latest, model, opt.checkpoint_state, config.as_dict(), layout)
-        data.load_state_dict(state.data[min(layout.dp_rank, len(state.data) - 1)])  # refuses another DP size
+        data.load_state_dict(state.data[0])  # one global position, whatever the data-parallel size
         step = state.step
         say(f"resumed from {latest} at step {step}")
     elif config.checkpoint.init_from:

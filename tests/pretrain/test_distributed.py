@@ -1,5 +1,6 @@
-"""Training under torchrun on CPU (gloo): tensor parallel 2 equals one process, checkpoints load and train
-on at another tensor-parallel size, data parallel 2 resumes exactly, layouts that cannot work are refused.
+"""Training under torchrun on CPU (gloo): tensor parallel 2 and data parallel 2 equal one process,
+checkpoints load and train on at another tensor- or data-parallel size, data parallel 2 resumes exactly,
+layouts that cannot work are refused.
 The uninterrupted runs are tests/pretrain/conftest.py's ``layout_runs``."""
 
 import os
@@ -53,6 +54,29 @@ def test_training_continues_at_another_tensor_parallel_size(layout_runs, train_s
     proc = torchrun(overrides, nproc=other) if other > 1 else train_main(overrides, check=True)
     assert f"resumed from {target / 'iter_0000006'}" in proc.stdout
     moved, whole = losses(target), losses(layout_runs / f"tp{saved}")
+    assert sorted(moved) == [7, 8]
+    for step in moved:
+        assert moved[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-5), step
+
+
+def test_data_parallel_2_matches_one_process(layout_runs):
+    """Every global batch holds the same samples whatever the data-parallel size (pretrain/data.py): two
+    ranks of two micro-batches give one process's losses, to the order of the gradient reduction."""
+    one, two = losses(layout_runs / "tp1"), losses(layout_runs / "dp2")
+    assert sorted(two) == sorted(one) == list(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5), step
+
+
+@pytest.mark.parametrize("saved, other", [("dp2", 1), ("tp1", 2)])
+def test_training_continues_at_another_data_parallel_size(layout_runs, train_shards, tmp_path, saved, other):
+    """A run saved at data parallel 2 continues in one process and the other way round: steps 7 and 8
+    are the saving run's own (the same next samples; AdamW state and step carried)."""
+    target = as_of_step(layout_runs / saved, tmp_path / "moved", 6)
+    overrides = tiny_overrides(train_shards, target, **STEPS)
+    proc = torchrun(overrides, nproc=other) if other > 1 else train_main(overrides, check=True)
+    assert f"resumed from {target / 'iter_0000006'}" in proc.stdout
+    moved, whole = losses(target), losses(layout_runs / saved)
     assert sorted(moved) == [7, 8]
     for step in moved:
         assert moved[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-5), step
