@@ -48,6 +48,9 @@ class DataSection:
     """data_prep/tokenize.py output (manifest.json, train/, val/)."""
     seed: int = 1234
     """Shuffle seed: the sample order is a function of (seed, epoch)."""
+    prefetch: int = at_least(0, 4)
+    """Micro-batches read ahead in a background thread (pretrain/prefetch.py), so that a step does not wait
+    on a shard read; 0 reads each in the step."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pretrain import optim as optim_
 from pretrain import preflight
 from pretrain.config import TrainConfig
 from pretrain.data import ShardStream
+from pretrain.prefetch import Prefetcher
 from pretrain.device_peak import peak_tflops
 from pretrain.language_model import check_training_precision, language_model_loss, validation_loss
 from pretrain.schedule import learning_rate
@@ -85,6 +86,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                                 opt.checkpoint_state if config.checkpoint.init_optimizer else None)
         say(f"initialised from {source.folder} (step {source.step} of its run"
             f"{', with its optimizer state' if config.checkpoint.init_optimizer else ''}); this run starts at step 0")
+    data = Prefetcher(data, config.data.prefetch)  # the position it saves is that of the batches taken
     checkpoints = Checkpoints(config, layout, model, opt, data, step, say, bundle)
     stops = StopRule(config.run, plan.train_steps, signals, started, layout)
 
