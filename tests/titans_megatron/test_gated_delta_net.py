@@ -132,3 +132,29 @@ def test_cpu_path_needs_no_fla_and_a_gpu_does(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ImportError, match="fla-core"):
         _mixer()
+
+
+@pytest.mark.gpu
+def test_fla_kernels_on_cuda_match_the_torch_path():
+    """On CUDA the delta rule and the L2 norm are fla's kernels: logits and every gradient of the same model
+    against Megatron's torch path (deterministic mode), and the stream (fla's initial and final state)
+    against one forward; 2e-3 covers the kernels' other summation order."""
+    model = build_model(small_config("gdn", seq_length=256), seed=0).cuda()
+    ids = torch.randint(0, 97, (2, 256), generator=torch.Generator().manual_seed(0)).cuda()
+    results = {}
+    for deterministic in (False, True):
+        model.config.deterministic_mode = deterministic
+        model.zero_grad()
+        logits = model(ids)
+        logits.float().square().mean().backward()
+        results[deterministic] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+    model.config.deterministic_mode = False
+    for fla, torch_path in zip(results[False], results[True]):
+        torch.testing.assert_close(fla, torch_path, rtol=2e-3, atol=2e-3)
+    with torch.no_grad():
+        full = model(ids)
+        state, pieces = None, []
+        for piece in ids.split([100, 1, 155], dim=1):
+            out, state = model.stream(piece, state)
+            pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=2e-3, atol=2e-3)
