@@ -4,7 +4,7 @@ layout, an exact resume, and one checkpoint format: either path continues the ot
 
 import pytest
 
-from tests.helpers import as_of_step, losses, tiny_overrides, torchrun
+from tests.helpers import as_of_step, losses, tiny_overrides, torchrun, train_main
 from tests.pretrain.conftest import STEPS
 
 pytestmark = pytest.mark.process  # starts processes: not in make test-fast
@@ -56,6 +56,18 @@ def test_either_path_continues_the_others_checkpoint(runs, train_shards, tmp_pat
     proc = train(train_shards, target, **(MEGATRON if resumed == "megatron" else TORCH))
     assert "resumed from" in proc.stdout and f"{resumed} optimizer" in proc.stdout
     whole, continued = losses(runs / f"{saved}_dp2"), losses(target)
+    assert sorted(continued) == [7, 8]
+    for step in continued:
+        assert continued[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-5), step
+
+
+def test_distributed_optimizer_resumes_at_another_data_parallel_size(runs, train_shards, tmp_path):
+    """The distributed optimizer's shards of data parallel 2, saved, continue in one process: steps 7 and 8
+    are the saving run's own (the global sample order and AdamW's moments carry over)."""
+    target = as_of_step(runs / "megatron_dp2", tmp_path / "continued", 6)
+    proc = train_main(tiny_overrides(train_shards, target, **{**STEPS, **MEGATRON}), check=True)
+    assert "resumed from" in proc.stdout and "tensor 1 x data 1" in proc.stdout
+    whole, continued = losses(runs / "megatron_dp2"), losses(target)
     assert sorted(continued) == [7, 8]
     for step in continued:
         assert continued[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-5), step
