@@ -61,3 +61,35 @@ def read_shard(path: str) -> Iterator[Tuple[str, np.ndarray, dict]]:
                 yield key, tokens, json.loads(fields["json"])
         if pending:
             raise ValueError(f"{path}: incomplete samples {sorted(pending)} (each needs tokens.npy and json)")
+
+
+class ShardReader:
+    """One sample of a shard at a time, by its index in the shard (training reads only its own samples).
+
+    The tar's member headers are indexed once (tarfile seeks over the data: a 512-byte header read per
+    member); a sample then reads its two members alone, through a file kept open while the reader lives.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._tar = tarfile.open(path, "r")
+        pending, self._samples = {}, []
+        for member in self._tar.getmembers():
+            key, _, field = member.name.partition(".")
+            pending.setdefault(key, {})[field] = member
+            if len(pending[key]) == 2:
+                self._samples.append((key, pending.pop(key)))
+        if pending:
+            self._tar.close()
+            raise ValueError(f"{path}: incomplete samples {sorted(pending)} (each needs tokens.npy and json)")
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> Tuple[str, np.ndarray, dict]:
+        key, members = self._samples[index]
+        tokens = np.load(io.BytesIO(self._tar.extractfile(members["tokens.npy"]).read()), allow_pickle=False)
+        return key, tokens, json.loads(self._tar.extractfile(members["json"]).read())
+
+    def close(self) -> None:
+        self._tar.close()

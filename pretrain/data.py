@@ -7,9 +7,8 @@ batch; data-parallel rank r of D takes its r-th contiguous slice of G / D sample
 every global batch holds the same samples (in the same micro-batches, at a fixed micro-batch size)
 whatever D, and the position is one number, the samples consumed: a run saved at one data-parallel
 size resumes at another at exactly the next sample. Tensor-parallel ranks of one replica pass the same
-data-parallel rank and so read the same samples. A rank reads the shards its slices fall in (each
-shard whole, once, kept while in use: ranks of one node read the same files, which the page cache
-serves once).
+data-parallel rank and so read the same samples. A rank reads only its own samples: each shard's
+member headers are indexed once, then a sample's members are read alone (data_prep.shards.ShardReader).
 """
 
 import os
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import Manifest, ManifestError
-from data_prep.shards import read_shard
+from data_prep.shards import ShardReader
 
 
 class DataError(Exception):
@@ -81,14 +80,15 @@ class ShardStream:
             self._epoch_index = (epoch, order, starts)
         return self._epoch_index[1], self._epoch_index[2]
 
-    def _shard_samples(self, epoch: int, index: int) -> list:
-        """A shard's samples in the epoch's order for it (the shard read once; the last two kept)."""
+    def _shard(self, epoch: int, index: int):
+        """(reader, the epoch's sample order) of a shard; the last two kept open."""
         key = (epoch, index)
         if key not in self._cached:
-            samples = list(read_shard(os.path.join(self.directory, self.split, self.shards[index].name)))
-            order = _rng(self.seed, epoch, index).permutation(len(samples))
-            self._cached = {k: v for k, v in list(self._cached.items())[-1:]}
-            self._cached[key] = [samples[j] for j in order]
+            reader = ShardReader(os.path.join(self.directory, self.split, self.shards[index].name))
+            order = _rng(self.seed, epoch, index).permutation(len(reader))
+            for old in list(self._cached)[:-1]:
+                self._cached.pop(old)[0].close()
+            self._cached[key] = (reader, order)
         return self._cached[key]
 
     def sample(self, position: int) -> tuple:
@@ -96,7 +96,8 @@ class ShardStream:
         epoch, offset = divmod(position, self.samples_per_epoch)
         order, starts = self._epoch_order(epoch)
         slot = int(np.searchsorted(starts, offset, side="right")) - 1
-        key, tokens, meta = self._shard_samples(epoch, order[slot])[offset - int(starts[slot])]
+        reader, samples = self._shard(epoch, order[slot])
+        key, tokens, meta = reader[int(samples[offset - int(starts[slot])])]
         return key, tokens, meta["valid"]
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
