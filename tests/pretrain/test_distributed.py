@@ -96,3 +96,23 @@ def test_impossible_layout_is_refused(train_shards, tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **STEPS, **{"parallel.tensor": 3}))
     assert proc.returncode == 2 and "parallel.tensor (3) must divide the number of processes (2)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tensor_by_data_parallel_layouts_continue_each_other(train_shards, tmp_path):
+    """TP 2 x DP 2 -> TP 1 x DP 4 -> TP 2 x DP 2 (4 processes each; a global batch of 8 so that DP 4 keeps
+    micro-batches of 2): every step's loss is the one-process run's, to the order of the reductions."""
+    steps = {**STEPS, "schedule.global_batch": 8, "checkpoint.keep": 0}
+    train_main(tiny_overrides(train_shards, tmp_path / "tp1", **steps), check=True)
+    assert "tensor 2 x data 2" in torchrun(tiny_overrides(train_shards, tmp_path / "tp2dp2", **steps,
+                                                          **{"parallel.tensor": 2}), nproc=4).stdout
+    to_dp4 = as_of_step(tmp_path / "tp2dp2", tmp_path / "to_dp4", 3)
+    assert "tensor 1 x data 4" in torchrun(tiny_overrides(train_shards, to_dp4, **steps), nproc=4).stdout
+    back = as_of_step(to_dp4, tmp_path / "back", 6)
+    torchrun(tiny_overrides(train_shards, back, **steps, **{"parallel.tensor": 2}), nproc=4)
+    one = losses(tmp_path / "tp1")
+    for run, first in (("tp2dp2", 1), ("to_dp4", 4), ("back", 7)):
+        got = losses(tmp_path / run)
+        assert sorted(got) == list(range(first, 9)), run
+        for step in got:
+            assert got[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5), (run, step)
