@@ -24,15 +24,18 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from data_prep.manifest import MANIFEST, Manifest, ManifestError, file_sha256, write_json
-from pretrain import resharding
+from pretrain import moments, resharding
+from pretrain import sharded_checkpoint as sharded
 from pretrain.config import TrainConfig, config_from_dict
 from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 LATEST = "latest"
 TOKENIZER = "tokenizer.model"
 DATA_SUMMARY = "data_summary.json"
+OPTIMIZER = "optimizer.pt"  # the groups and step count (the moments are in the sharded state)
 
 
 class CheckpointError(Exception):
@@ -96,11 +99,68 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_group():
+    """A gloo group of every rank for the checkpoint's collectives: its own, so an asynchronous save's
+    background thread never interleaves with the training's collectives (made on first use, by every
+    rank: saves and loads are collective)."""
+    global _GROUP
+    if _GROUP is None:
+        _GROUP = dist.new_group(backend="gloo")
+    return _GROUP
+
+
+_GROUP = None
+
+
+class PendingSave:
+    """A save in flight. Its files go to ``iter_N.tmp``; ``finish`` (rank 0) renames the folder,
+    replaces ``latest`` and drops checkpoints beyond ``keep``, once the checkpoint is whole."""
+
+    def __init__(self, root: str, final: str, keep: int, layout, future=None):
+        self.root, self.final, self.keep, self.layout, self.future = root, final, keep, layout, future
+        self.finished = False
+
+    def ready(self) -> bool:
+        """Rank 0: its background write is done, which in DCP means every rank's is (rank 0 writes the
+        checkpoint's metadata last, after gathering every rank's write results)."""
+        return self.future is None or self.future.done()
+
+    def finish(self) -> None:
+        if not self.layout.is_main or self.finished:
+            return
+        if self.future is not None:
+            self.future.result()  # a failed write raises here, and the previous checkpoint stays latest
+        shutil.rmtree(self.final, ignore_errors=True)  # a checkpoint of this step from a run that crashed later
+        os.replace(self.final + ".tmp", self.final)
+        pointer_tmp = os.path.join(self.root, LATEST + ".tmp")
+        with open(pointer_tmp, "w") as f:
+            f.write(os.path.basename(self.final))
+        os.replace(pointer_tmp, os.path.join(self.root, LATEST))
+        done = sorted(d for d in os.listdir(self.root) if d.startswith("iter_") and not d.endswith(".tmp"))
+        for old in done[:-self.keep] if self.keep > 0 else []:
+            shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        self.finished = True
+
+    def wait(self) -> str:
+        """Collective: every rank's write completes (errors raised on the rank that had them), then rank 0
+        finishes. Returns the checkpoint's folder."""
+        from pretrain.distributed import barrier
+
+        if self.future is not None:
+            self.future.result()
+        barrier(self.layout)
+        self.finish()
+        barrier(self.layout)
+        return self.final
+
+
 def save(root: str, step: int, model, optimizer, data_states: list, config: dict, layout, keep: int,
-         bundle: Optional[Bundle] = None) -> str:
+         bundle: Optional[Bundle] = None, asynchronous: bool = False):
     """Collective: every rank calls it, with the bare model and the optimizer path's ``checkpoint_state``.
-    Tensor-parallel ranks of data-parallel rank 0 write their model and optimizer shards, every rank its
-    RNG state, rank 0 the train state, the ``bundle``, the rename and the pointer."""
+    Every rank writes its share of the model and AdamW state (pretrain/sharded_checkpoint.py) and its
+    RNG state; rank 0 the train state, the optimizer's groups and step, the ``bundle``. Returns the
+    checkpoint's folder, or with ``asynchronous`` a PendingSave whose state was copied to host memory:
+    training may go on while it is written; ``wait`` (or ``ready`` and ``finish`` on rank 0) completes it."""
     from pretrain.distributed import barrier
 
     final = iteration_dir(root, step)
@@ -110,28 +170,21 @@ def save(root: str, step: int, model, optimizer, data_states: list, config: dict
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier(layout)
-    # every rank: Megatron's distributed optimizer gathers the moments over the data-parallel group
-    optimizer_pieces = resharding.optimizer_pieces(model, optimizer)
-    if layout.dp_rank == 0:
-        torch.save(resharding.model_pieces(model), os.path.join(tmp, f"model_tp{layout.tp_rank}.pt"))
-        torch.save(optimizer_pieces, os.path.join(tmp, f"optimizer_tp{layout.tp_rank}.pt"))
+    group = checkpoint_group()
+    chunks = sharded.model_chunks(model)
+    if optimizer is not None:
+        chunks += sharded.moment_chunks(model, moments.slices(model, optimizer))
+    chunks = sharded.write_share(chunks, group)
     torch.save(_rng_state(), os.path.join(tmp, f"rng_{layout.rank:05d}.pt"))
-    barrier(layout)
     if layout.is_main:
+        if optimizer is not None:
+            torch.save({"format": sharded.FORMAT, "step": moments.step_count(optimizer),
+                        "groups": moments.groups(model, optimizer)}, os.path.join(tmp, OPTIMIZER))
         if bundle is not None:
             bundle.write(tmp)
         TrainState(step, data_states, config, layout.as_dict()).write(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from a run that crashed later
-        os.replace(tmp, final)
-        pointer_tmp = os.path.join(root, LATEST + ".tmp")
-        with open(pointer_tmp, "w") as f:
-            f.write(os.path.basename(final))
-        os.replace(pointer_tmp, os.path.join(root, LATEST))
-        done = sorted(d for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    barrier(layout)
-    return final
+    pending = PendingSave(root, final, keep, layout, sharded.save(tmp, chunks, group, asynchronous))
+    return pending if asynchronous else pending.wait()
 
 
 STOP_MARKER = "stopped.json"
@@ -179,20 +232,69 @@ def read_state(folder: str) -> TrainState:
         raise CheckpointError(str(e)) from e
 
 
+def _legacy(folder: str) -> bool:
+    """Saved before the sharded format (titans-tp-pieces-1: one file per tensor-parallel rank)."""
+    return os.path.isfile(os.path.join(folder, "model_tp0.pt"))
+
+
+def _restore_legacy(folder: str, model, optimizer, saved_tp: int) -> None:
+    resharding.load_model(model, _read_all(folder, "model", saved_tp))
+    if optimizer is not None:
+        resharding.load_optimizer(model, optimizer, _read_all(folder, "optimizer", saved_tp))
+
+
+def _restore_sharded(folder: str, model, optimizer) -> None:
+    """Every rank reads the boxes of the saved chunks it needs for its own shards (any layout)."""
+    saved = sharded.saved_tensors(folder)
+    placements, state = resharding._placements(model), model.state_dict()
+    chunks, targets = [], {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            targets[key] = torch.empty(value.shape, dtype=value.dtype)
+            chunks += sharded.range_chunks(key, placements.get(key), value, 0, value.numel(), targets[key].view(-1))
+    sharded.check_names({c.key for c in chunks}, saved)
+    meta, flats = None, {}
+    if optimizer is not None:
+        path = os.path.join(folder, OPTIMIZER)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: no such file (the optimizer's groups and step count)")
+        meta = _load(path)
+        params = dict(model.named_parameters())
+        for name, (start, end) in moments.ranges(model, optimizer).items() if meta["step"] is not None else ():
+            for moment in moments.MOMENTS:
+                flat = torch.empty(end - start, dtype=torch.float32)
+                boxes = sharded.range_chunks(name, placements.get(name), params[name], start, end, flat)
+                for box in boxes:
+                    box.key += f"#{moment}"
+                if any(box.key in saved for box in boxes):  # a parameter never stepped has no moments
+                    chunks += boxes
+                    flats.setdefault(name, {})[moment] = flat
+    sharded.load(folder, chunks, checkpoint_group())
+    model.load_state_dict({**state, **targets})
+    if meta is not None:
+        moments.load(model, optimizer, flats, meta["step"] or 0, meta["groups"])
+
+
+def _restore(folder: str, model, optimizer, saved_tp: int) -> None:
+    """Model (and optimizer) state from ``folder`` at this run's layout, whatever layout it was saved at."""
+    try:
+        if _legacy(folder):
+            _restore_legacy(folder, model, optimizer, saved_tp)
+        else:
+            _restore_sharded(folder, model, optimizer)
+    except (resharding.ReshardError, sharded.ShardError, moments.MomentError) as e:
+        raise CheckpointError(f"{folder}: {e}") from e
+
+
 def load(path: str, model, optimizer, config: dict, layout=None) -> TrainState:
-    """Restore model, optimizer and RNG from ``path`` at this run's tensor-parallel size (any size the
-    checkpoint was saved at); returns the saved train state."""
+    """Restore model, optimizer and RNG from ``path`` at this run's tensor- and data-parallel sizes (any
+    sizes the checkpoint was saved at); returns the saved train state."""
     state = read_state(path)
     diff = model_differences(state.config["model"], config["model"])
     if diff:
         raise CheckpointError(f"{path} holds a different model; refusing to load it:\n  " + "\n  ".join(diff))
     saved_layout = state.layout
-    try:
-        resharding.load_model(model, _read_all(path, "model", saved_layout["tensor"]))
-        if optimizer is not None:
-            resharding.load_optimizer(model, optimizer, _read_all(path, "optimizer", saved_layout["tensor"]))
-    except resharding.ReshardError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+    _restore(path, model, optimizer, saved_layout["tensor"])
     same_layout = all(saved_layout[k] == (getattr(layout, k) if layout else 1) for k in ("tensor", "data"))
     rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
     if optimizer is not None and same_layout and os.path.exists(rng):
@@ -218,14 +320,11 @@ def init_from(path: str, model, optimizer=None) -> TrainState:
     and shapes must match; other model settings may differ."""
     folder = checkpoint_folder(path, "checkpoint.init_from")
     state = read_state(folder)
-    saved_tp = state.layout["tensor"]
     try:
-        resharding.load_model(model, _read_all(folder, "model", saved_tp))
-        if optimizer is not None:
-            resharding.load_optimizer(model, optimizer, _read_all(folder, "optimizer", saved_tp))
-    except resharding.ReshardError as e:
-        raise CheckpointError(f"checkpoint.init_from {folder}: {e} (init_from keeps every parameter's shape: "
-                              "change only what does not resize one)") from e
+        _restore(folder, model, optimizer, state.layout["tensor"])
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint.init_from {e} (init_from keeps every parameter's shape: change only "
+                              "what does not resize one)") from e
     return state
 
 

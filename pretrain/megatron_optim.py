@@ -18,6 +18,7 @@ from typing import Dict
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pretrain.moments import MOMENTS
 from pretrain.param_groups import no_decay, parameter_groups
 
 
@@ -161,6 +162,61 @@ def load_param_moments(ddp_model, optimizer, moments: Dict[str, Dict[str, torch.
         inner.optimizer.state[p]["step"] = s.clone()
 
 
+def _held_ranges(ddp_model, optimizer) -> Dict[torch.nn.Parameter, tuple]:
+    """{parameter: (start, end)}: the flat range of it this rank's optimizer holds (the whole parameter
+    without the distributed optimizer)."""
+    inner = _inner(optimizer)
+    if not hasattr(inner, "gbuf_ranges"):
+        return {p: (0, p.numel()) for p in ddp_model.module.parameters() if p.requires_grad}
+    return {p: (r["param"].start, r["param"].end) for per_buffer in inner.gbuf_ranges
+            for per_dtype in per_buffer.values() for bucket in per_dtype for p, r in bucket["param_map"].items()}
+
+
+def _held_state(inner, p) -> dict:
+    if hasattr(inner, "gbuf_ranges"):
+        return inner._get_main_param_and_optimizer_states(p)  # the shard's main param and its moments
+    return inner.optimizer.state.get(p, {})
+
+
+def moment_slices(ddp_model, optimizer) -> Dict[str, tuple]:
+    """{parameter name: (start, end, {moment: flat tensor})} of what this rank holds; nothing gathered."""
+    inner, names = _inner(optimizer), {p: n for n, p in ddp_model.module.named_parameters()}
+    out = {}
+    for p, (start, end) in _held_ranges(ddp_model, optimizer).items():
+        state = _held_state(inner, p)
+        if start < end and all(k in state for k in MOMENTS):
+            out[names[p]] = (start, end, {k: state[k].detach().reshape(-1) for k in MOMENTS})
+    return out
+
+
+def load_moment_slices(ddp_model, optimizer, moments: Dict[str, Dict[str, torch.Tensor]], step_count: int) -> None:
+    """Set the AdamW state from this rank's flat ranges of the moments and the step count; the model's
+    parameters must already hold the checkpoint's values (the distributed optimizer's main shards are
+    taken from them)."""
+    inner = _inner(optimizer)
+    names = {p: n for n, p in ddp_model.module.named_parameters()}
+    held = _held_ranges(ddp_model, optimizer)
+    if not hasattr(inner, "gbuf_ranges"):
+        for p, name in names.items():
+            if name in moments:
+                inner.optimizer.state[p] = {"step": torch.tensor(float(step_count)),
+                                            **{k: v.view(p.shape).to(p.device, p.dtype).clone()
+                                               for k, v in moments[name].items()}}
+        return
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "step": step_count} for g in inner.optimizer.param_groups]
+    with cuda_as_cpu():
+        inner.load_state_dict({"optimizer": {"param_groups": groups}})  # creates the state of every shard
+    # load_state_dict gave all parameters one shared step tensor (torch AdamW counts once per parameter)
+    steps = {p: s.pop("step") for p, s in inner.optimizer.state.items()}
+    with torch.no_grad():  # fp32 parameters: the main shard is a view of the parameter itself
+        for p, (start, end) in held.items():
+            if start < end and names[p] in moments:
+                inner._set_main_param_and_optimizer_states(p, {"param": p.detach().reshape(-1)[start:end].float(),
+                                                               **moments[names[p]]})
+    for p, s in steps.items():
+        inner.optimizer.state[p]["step"] = s.clone()
+
+
 class MegatronAdamW:
     """The training loop's optimizer path (interface in pretrain/optim.py) over Megatron-core: DDP
     gradient buckets (reduced during the last micro-batch's backward with ``optim.overlap_grad_reduce``,
@@ -225,6 +281,20 @@ class _CheckpointView:
             return {}  # no step taken: torch's AdamW has no state yet either
         named = dict(self.path.module.named_parameters())
         return {named[n]: {"step": torch.tensor(float(self.path.steps)), **m} for n, m in moments.items()}
+
+    def moment_ranges(self) -> Dict[str, tuple]:
+        names = {p: n for n, p in self.path.module.named_parameters()}
+        return {names[p]: r for p, r in _held_ranges(self.path.model, self.path.optimizer).items() if r[0] < r[1]}
+
+    def moment_slices(self) -> Dict[str, tuple]:
+        return moment_slices(self.path.model, self.path.optimizer) if self.path.steps else {}
+
+    def step_count(self):
+        return self.path.steps or None
+
+    def load_moments(self, moments: Dict[str, Dict[str, torch.Tensor]], step: int) -> None:
+        self.path.steps = step
+        load_moment_slices(self.path.model, self.path.optimizer, moments, step)
 
     def load_state_dict(self, state_dict: dict) -> None:
         params = [p for group in self.param_groups for p in group["params"]]
