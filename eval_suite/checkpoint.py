@@ -71,7 +71,7 @@ def _codec(path: str, label: str, vocab_size: int) -> Codec:
 
 def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     """Everything about the checkpoint at ``path`` that can be known without building its model."""
-    from pretrain.checkpoint import CheckpointError, config_at, trained_tokenizer
+    from pretrain.checkpoint import CheckpointError, config_at, missing_files, trained_tokenizer
     from pretrain.config import ConfigError
 
     folder, via_latest = _resolve(path)
@@ -80,10 +80,10 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
         saved = TrainState.read(folder)
     except TrainStateError as e:  # its message starts with the file's path: name the checkpoint as given
         raise EvalInputError(f"{label}: {str(e).replace(os.path.join(folder, STATE_FILE), STATE_FILE, 1)}") from e
-    step, tensor = saved.step, saved.layout["tensor"]
-    missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
+    step = saved.step
+    missing = missing_files(folder, saved)
     if missing:
-        raise EvalInputError(f"{label}: saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}")
+        raise EvalInputError(f"{label}: {missing}")
     try:  # as pretrain.checkpoint.load_model builds it: in one process
         train_config = config_at(saved, tensor=1)
         model_config = train_config.model_config(perform_initialization=False)

@@ -237,6 +237,15 @@ def _legacy(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "model_tp0.pt"))
 
 
+def missing_files(folder: str, state: TrainState) -> str:
+    """What the checkpoint in ``folder`` lacks of its model state ('' when whole)."""
+    if _legacy(folder):
+        tensor = state.layout["tensor"]
+        missing = [f"model_tp{r}.pt" for r in range(tensor) if not os.path.isfile(os.path.join(folder, f"model_tp{r}.pt"))]
+        return f"saved at tensor-parallel size {tensor} but lacks {', '.join(missing)}" if missing else ""
+    return sharded.incomplete(folder)
+
+
 def _restore_legacy(folder: str, model, optimizer, saved_tp: int) -> None:
     resharding.load_model(model, _read_all(folder, "model", saved_tp))
     if optimizer is not None:

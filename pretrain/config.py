@@ -116,6 +116,10 @@ class CheckpointSection:
     segment, chunk, memory lr, ...); a shape or parameter that differs is refused by name."""
     init_optimizer: bool = False
     """With ``init_from``: also take its AdamW moments (the parameter groups must match)."""
+    async_save: bool = False
+    """Write periodic checkpoints in the background: the state is copied to host memory (the step
+    waits only for that copy), training goes on while it is written, and ``latest`` names it once
+    complete. The save at a stop or at the end is always waited for."""
 
 
 @dataclass

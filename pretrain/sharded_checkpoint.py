@@ -237,13 +237,33 @@ def save(folder: str, chunks: List[Chunk], group, asynchronous: bool = False):
 
 
 def saved_tensors(folder: str) -> Dict[str, TensorStorageMetadata]:
-    """The checkpoint's tensors by key (ShardError naming the folder when it holds no DCP metadata)."""
+    """The checkpoint's tensors by key (ShardError naming what is missing when it is not whole)."""
+    problem = incomplete(folder)
+    if problem:
+        raise ShardError(problem)
+    metadata = _Reader(folder).read_metadata()
+    return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def incomplete(folder: str) -> str:
+    """What is missing from the sharded checkpoint in ``folder`` ('' when whole): its ``.metadata`` (written
+    last, once every rank's data is), a data file it names, or bytes of one (a truncated file)."""
+    if not os.path.isfile(os.path.join(folder, ".metadata")):
+        return "lacks .metadata (the index of the sharded state, written last: the save did not complete)"
     try:
         metadata = _Reader(folder).read_metadata()
-    except Exception as e:  # noqa: BLE001 -- DCP raises bare OSError, pickle and EOF errors for a damaged file
-        raise ShardError(f"{folder}/.metadata is missing or unreadable: not a complete sharded checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+    except Exception as e:  # noqa: BLE001 -- a damaged pickle raises anything
+        return f".metadata is unreadable ({type(e).__name__}: {e})"
+    ends: Dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"lacks {name} (a shard of the saved state)"
+        if os.path.getsize(path) < end:
+            return f"{name} is truncated ({os.path.getsize(path)} bytes, {end} expected)"
+    return ""
 
 
 def check_names(needed: set, saved: dict) -> None:

@@ -10,7 +10,7 @@ gradients on CPU); gloo on CPU, NCCL on GPU.
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -37,22 +37,46 @@ class TrainingAborted(Exception):
 
 
 class Checkpoints:
-    """Saves at most once per step (a stop right after a periodic save does not write it again)."""
+    """Saves at most once per step (a stop right after a periodic save does not write it again); with
+    ``checkpoint.async_save``, one save at a time in the background."""
 
     def __init__(self, config: TrainConfig, layout, model, opt, data, step: int, say, bundle: ckpt.Bundle):
         self.config, self.layout, self.model, self.opt, self.data, self.say = config, layout, model, opt, data, say
         self.bundle = bundle
         self.saved_step = step  # the resumed checkpoint's step, or 0: nothing trained yet is not saved again
+        self.pending: Optional[ckpt.PendingSave] = None
 
-    def save(self, step: int) -> None:
-        if step == self.saved_step:
-            return
-        # the position is global (samples consumed by all ranks): every rank holds the same one
-        path = ckpt.save(self.config.checkpoint.dir, step, self.model, self.opt.checkpoint_state,
-                         [self.data.state_dict()], self.config.as_dict(), self.layout, self.config.checkpoint.keep,
-                         self.bundle)
-        self.saved_step = step
-        self.say(f"saved {path}")
+    def save(self, step: int, wait: bool = False) -> None:
+        """Collective. ``wait``: the checkpoint is complete when this returns (a stop, the end)."""
+        if step != self.saved_step:
+            self.wait()  # one save in flight at a time
+            # the position is global (samples consumed by all ranks): every rank holds the same one
+            asynchronous = self.config.checkpoint.async_save and not wait
+            saved = ckpt.save(self.config.checkpoint.dir, step, self.model, self.opt.checkpoint_state,
+                              [self.data.state_dict()], self.config.as_dict(), self.layout,
+                              self.config.checkpoint.keep, self.bundle, asynchronous=asynchronous)
+            self.saved_step = step
+            if asynchronous:
+                self.pending = saved
+            else:
+                self.say(f"saved {saved}")
+        if wait:
+            self.wait()
+
+    def poll(self) -> None:
+        """Rank 0, after each step: a background save that has completed becomes ``latest``."""
+        if self.pending is not None and self.layout.is_main and not self.pending.finished and self.pending.ready():
+            self.pending.finish()
+            self.say(f"saved {self.pending.final}")
+
+    def wait(self) -> None:
+        """Collective: the save in flight completes and becomes ``latest``."""
+        if self.pending is not None:
+            announced = self.pending.finished
+            path = self.pending.wait()
+            self.pending = None
+            if not announced:
+                self.say(f"saved {path}")
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
@@ -104,7 +128,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
 
     def stop_here(why: str) -> int:
         metrics.close()
-        checkpoints.save(step)
+        checkpoints.save(step, wait=True)
         if layout.is_main:
             ckpt.write_stop_marker(config.checkpoint.dir, step, why)
         say(f"stopping at step {step} ({why}); exit status {EXIT_REQUEUE} asks to be requeued")
@@ -138,6 +162,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
             say(f"step {step}: non-finite loss {loss_mean} / grad norm {grad_norm}: skipped ({bad_in_a_row} in a row)")
             if bad_in_a_row >= config.run.max_bad_steps:
+                checkpoints.wait()  # a good state still being written is kept
                 last = ckpt.latest_dir(config.checkpoint.dir)
                 raise TrainingAborted(f"{bad_in_a_row} non-finite steps in a row (run.max_bad_steps); "
                                       + (f"the last good checkpoint is intact: {last}" if last
@@ -149,6 +174,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
         if config.checkpoint.interval and step % config.checkpoint.interval == 0 and step < plan.train_steps \
                 and not bad_in_a_row:
             checkpoints.save(step)
-    checkpoints.save(step)
+        checkpoints.poll()
+    checkpoints.save(step, wait=True)
     metrics.close()
     return 0

@@ -25,7 +25,8 @@ def test_run_and_iteration_folders(checkpoints):
 
 
 def broken_copy(source, root, latest="iter_0000008", model_files=True, data_dir=None):
-    """A run folder holding a copy of ``source``'s train_state.json (and empty model files)."""
+    """A run folder holding a copy of ``source``'s train_state.json (and an empty model file of the
+    titans-tp-pieces-1 format, which inspect takes as present)."""
     folder = root / "iter_0000008"
     folder.mkdir(parents=True)
     state = json.loads((source / "iter_0000008" / "train_state.json").read_text())
@@ -40,7 +41,7 @@ def broken_copy(source, root, latest="iter_0000008", model_files=True, data_dir=
 
 @pytest.mark.parametrize("kind, message", [
     ("latest", "{run}: its 'latest' names 'iter_0000099', which does not exist"),
-    ("model", "{run} (iter_0000008): saved at tensor-parallel size 1 but lacks model_tp0.pt"),
+    ("model", "{run} (iter_0000008): lacks .metadata (the index of the sharded state, written last"),
     ("moved", "{run} (iter_0000008): no tokenizer: the checkpoint holds no tokenizer.model and the run's data.dir "
               "(/nonexistent/shards) has no manifest"),
     ("state", "{run} (iter_0000008): train_state.json is unreadable"),

@@ -90,6 +90,21 @@ def test_data_parallel_2_stops_and_resumes_exactly(layout_runs, train_shards, tm
     assert losses(tmp_path / "split") == losses(layout_runs / "dp2")
 
 
+def test_background_saves_hold_their_own_step(layout_runs, train_shards, tmp_path):
+    """checkpoint.async_save: training goes on while checkpoints 3 and 6 are written from host copies;
+    the run's losses are unchanged and continuing from step 3 gives the uninterrupted run's own, to the bit."""
+    run = tmp_path / "async"
+    overrides = {**STEPS, "checkpoint.async_save": True, "checkpoint.keep": 0}
+    torchrun(tiny_overrides(train_shards, run, **overrides))
+    reference = losses(layout_runs / "dp2")
+    assert losses(run) == reference
+    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_0000003", "iter_0000006", "iter_0000008"]
+    assert (run / "latest").read_text() == "iter_0000008"
+    target = as_of_step(run, tmp_path / "from3", 3)
+    assert "resumed from" in torchrun(tiny_overrides(train_shards, target, **overrides)).stdout
+    assert losses(target) == {step: loss for step, loss in reference.items() if step > 3}
+
+
 def test_impossible_layout_is_refused(train_shards, tmp_path, monkeypatch):
     """As rank 0 of a 2-process torchrun launch sees it (refused before joining any process group)."""
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
@@ -101,15 +116,18 @@ def test_impossible_layout_is_refused(train_shards, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_tensor_by_data_parallel_layouts_continue_each_other(train_shards, tmp_path):
     """TP 2 x DP 2 -> TP 1 x DP 4 -> TP 2 x DP 2 (4 processes each; a global batch of 8 so that DP 4 keeps
-    micro-batches of 2): every step's loss is the one-process run's, to the order of the reductions."""
+    micro-batches of 2): every step's loss is the one-process run's, to the order of the reductions. The
+    TP 2 x DP 2 runs use Megatron's distributed optimizer (each rank saves its flat ranges of AdamW's
+    moments, the norms' replicated over tensor-parallel ranks), the DP 4 run torch's AdamW."""
     steps = {**STEPS, "schedule.global_batch": 8, "checkpoint.keep": 0}
+    megatron = {"parallel.tensor": 2, "optim.implementation": "megatron", "optim.bucket_size": 4000}
     train_main(tiny_overrides(train_shards, tmp_path / "tp1", **steps), check=True)
-    assert "tensor 2 x data 2" in torchrun(tiny_overrides(train_shards, tmp_path / "tp2dp2", **steps,
-                                                          **{"parallel.tensor": 2}), nproc=4).stdout
+    proc = torchrun(tiny_overrides(train_shards, tmp_path / "tp2dp2", **steps, **megatron), nproc=4)
+    assert "tensor 2 x data 2" in proc.stdout and "megatron optimizer" in proc.stdout
     to_dp4 = as_of_step(tmp_path / "tp2dp2", tmp_path / "to_dp4", 3)
     assert "tensor 1 x data 4" in torchrun(tiny_overrides(train_shards, to_dp4, **steps), nproc=4).stdout
     back = as_of_step(to_dp4, tmp_path / "back", 6)
-    torchrun(tiny_overrides(train_shards, back, **steps, **{"parallel.tensor": 2}), nproc=4)
+    torchrun(tiny_overrides(train_shards, back, **steps, **megatron), nproc=4)
     one = losses(tmp_path / "tp1")
     for run, first in (("tp2dp2", 1), ("to_dp4", 4), ("back", 7)):
         got = losses(tmp_path / run)

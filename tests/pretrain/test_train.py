@@ -137,15 +137,16 @@ def test_checkpoint_of_another_model_is_refused(train_shards, tmp_path):
     assert proc.returncode == 2
     assert "holds a different model" in proc.stderr and "model.variant: 'mag' in the checkpoint, 'lmm' now" in proc.stderr
     # a truncated file and a missing one: named, and nothing already saved is removed
-    model = ckpt / "iter_0000004" / "model_tp0.pt"
-    whole = model.read_bytes()
-    model.write_bytes(whole[: len(whole) // 2])
+    shard = ckpt / "iter_0000004" / "__0_0.distcp"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])
     proc = train_main(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 8}))
-    assert proc.returncode == 2 and f"{model} is unreadable: truncated, half-written" in proc.stderr, proc.stderr[-500:]
-    model.unlink()
+    assert proc.returncode == 2 and f"{shard.parent}: __0_0.distcp is truncated ({len(whole) // 2} bytes" in proc.stderr, \
+        proc.stderr[-500:]
+    shard.unlink()
     proc = train_main(tiny_overrides(train_shards, ckpt, **{"schedule.train_steps": 8}))
-    assert proc.returncode == 2 and "was saved at tensor-parallel size 1 but lacks" in proc.stderr, proc.stderr[-500:]
-    assert (ckpt / "latest").read_text() == "iter_0000004" and (ckpt / "iter_0000004" / "optimizer_tp0.pt").exists()
+    assert proc.returncode == 2 and f"{shard.parent}: lacks __0_0.distcp" in proc.stderr, proc.stderr[-500:]
+    assert (ckpt / "latest").read_text() == "iter_0000004" and (ckpt / "iter_0000004" / ".metadata").exists()
 
 
 @pytest.mark.parametrize("override,message", [
