@@ -98,7 +98,7 @@ def worker(cfg: dict, tensor: int, out: str) -> None:
         tokens = torch.randint(0, model_config.vocab_size, (cfg["micro_batch"], cfg["seq_length"] + 1),
                                generator=generator)
         with opt.micro_batch(last=True):
-            language_model_loss(opt.model, {"tokens": tokens}).backward()
+            language_model_loss(opt.model, {"tokens": tokens, "loss_mask": torch.ones_like(tokens[:, 1:])}).backward()
         opt.step(opt.reduce_gradients())
 
     step()  # AdamW's moments exist from here
@@ -137,7 +137,8 @@ def worker(cfg: dict, tensor: int, out: str) -> None:
         timed("save_sharded", lambda: ckpt.save(os.path.join(root, f"sharded_{i}"), 1, model, opt.checkpoint_state,
                                                 [{}], config_dict, layout, keep=0))
         sharded_folder = ckpt.iteration_dir(os.path.join(root, f"sharded_{i}"), 1)
-        timed("load_previous", lambda: ckpt._restore_legacy(folder, model, opt.checkpoint_state, tensor))
+        if cfg["layouts_previous_load"][f"{tensor}x{layout.data}"]:
+            timed("load_previous", lambda: ckpt._restore_legacy(folder, model, opt.checkpoint_state, tensor))
         timed("load_sharded", lambda: ckpt._restore_sharded(sharded_folder, model, opt.checkpoint_state))
         if layout.is_main:  # keep the disk's free space
             shutil.rmtree(folder)
@@ -212,10 +213,12 @@ def summarise(run: dict) -> dict:
     return {
         "layout": run["layout"], "ranks": len(ranks), "params": ranks[0]["params"] * run["layout"]["tensor"],
         "save_previous_s": save_prev, "save_sharded_s": save_new, "save_speedup": save_prev / save_new,
-        "load_previous_s": wall("load_previous"), "load_sharded_s": wall("load_sharded"),
+        "load_previous_s": wall("load_previous") if "load_previous" in ranks[0] else None,
+        "load_sharded_s": wall("load_sharded"),
         "share_bytes": [r["share_bytes"] for r in ranks],
         "save_previous_peak_extra_bytes": peaks("save_previous"), "save_sharded_peak_extra_bytes": peaks("save_sharded"),
-        "load_previous_peak_extra_bytes": peaks("load_previous"), "load_sharded_peak_extra_bytes": peaks("load_sharded"),
+        "load_previous_peak_extra_bytes": peaks("load_previous") if "load_previous" in ranks[0] else None,
+        "load_sharded_peak_extra_bytes": peaks("load_sharded"),
         "step_alone_s": step_alone, "step_with_blocking_save_s": median(ranks[0]["step_with_blocking_save"]),
         "async_copy_s": median(ranks[0]["async_copy_seconds"]),
         "step_with_async_save_s": median(in_flight) if in_flight else None,
@@ -223,8 +226,8 @@ def summarise(run: dict) -> dict:
     }
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f}"
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.0f}"
 
 
 def markdown(cfg: dict, rows: list, meta: dict) -> str:
@@ -235,17 +238,18 @@ def markdown(cfg: dict, rows: list, meta: dict) -> str:
              "| load sharded (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lo = r["layout"]
+        previous = "not run" if r["load_previous_s"] is None else f"{r['load_previous_s']:.2f}"
         lines.append(f"| {r['ranks']} ({lo['tensor']} x {lo['data']}) | {r['params'] / 1e6:.0f}M | "
                      f"{r['save_previous_s']:.2f} | {r['save_sharded_s']:.2f} | {r['save_speedup']:.2f}x | "
-                     f"{r['load_previous_s']:.2f} | {r['load_sharded_s']:.2f} |")
-    lines += ["", "Peak host memory above what each rank held before the operation (GiB, per rank), beside the "
+                     f"{previous} | {r['load_sharded_s']:.2f} |")
+    lines += ["", "Peak host memory above what each rank held before the operation (MiB, per rank), beside the "
               "bytes it writes in the sharded save:", "",
               "| ranks | share written | save previous | save sharded | load previous | load sharded |",
               "|---|---|---|---|---|---|"]
     for r in rows:
         def per_rank(key):
-            return " / ".join(_gib(x) for x in r[key])
-        lines.append(f"| {r['ranks']} | {per_rank('share_bytes')} | {per_rank('save_previous_peak_extra_bytes')} | "
+            return "not run" if r[key] is None else " / ".join(_mib(x) for x in r[key])
+        lines.append(f"| {r['ranks']} ({r['layout']['tensor']} x {r['layout']['data']}) | {per_rank('share_bytes')} | {per_rank('save_previous_peak_extra_bytes')} | "
                      f"{per_rank('save_sharded_peak_extra_bytes')} | {per_rank('load_previous_peak_extra_bytes')} | "
                      f"{per_rank('load_sharded_peak_extra_bytes')} |")
     lines += ["", "A training step (s): alone, with a blocking sharded save before it, and while an asynchronous "
@@ -254,7 +258,7 @@ def markdown(cfg: dict, rows: list, meta: dict) -> str:
               "|---|---|---|---|---|---|"]
     for r in rows:
         flight = "n/a" if r["step_with_async_save_s"] is None else f"{r['step_with_async_save_s']:.2f}"
-        lines.append(f"| {r['ranks']} | {r['step_alone_s']:.2f} | {r['step_with_blocking_save_s']:.2f} | "
+        lines.append(f"| {r['ranks']} ({r['layout']['tensor']} x {r['layout']['data']}) | {r['step_alone_s']:.2f} | {r['step_with_blocking_save_s']:.2f} | "
                      f"{r['async_copy_s']:.2f} | {flight} | {r['async_steps_in_flight']} |")
     four = [r for r in rows if r["ranks"] == 4]
     if four:
@@ -274,11 +278,14 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = read_config(args.config, REQUIRED, precision=False)
+    # the previous format's load builds the whole AdamW state on every rank: a layout may skip it for memory
+    cfg["layouts_previous_load"] = {f"{lo['tensor']}x{lo['data']}": lo.get("previous_load", True)
+                                    for lo in cfg["layouts"]}
     if args.worker:
         worker(cfg, args.tensor, args.out)
         return
     cores = os.cpu_count() or 1
-    runs = []
+    runs, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, layout in enumerate(cfg["layouts"]):
             n = layout["tensor"] * layout["data"]
@@ -291,18 +298,22 @@ def main() -> None:
                   flush=True)
             started = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"the {n}-rank run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            if proc.returncode != 0:  # reported, and the other layouts still run
+                failed.append({"layout": layout, "returncode": proc.returncode, "stderr": proc.stderr[-3000:]})
+                print(f"    failed ({proc.returncode}):\n{proc.stderr[-1500:]}", flush=True)
+                continue
             with open(out) as f:
                 runs.append(summarise(json.load(f)))
             print(f"    done in {time.time() - started:.0f} s: save {runs[-1]['save_previous_s']:.2f} s -> "
                   f"{runs[-1]['save_sharded_s']:.2f} s", flush=True)
-    meta = {"date": datetime.date.today().isoformat(), "device": f"CPU ({cpu_description()}, {cores} cores)",
+    meta = {"date": datetime.date.today().isoformat(), "device": f"CPU ({cpu_description()}), local disk",
             "command": " ".join(["python", "bench/checkpoint.py"] + sys.argv[1:]), "python": platform.python_version(),
             "torch": package_version("torch"), "megatron-core": package_version("megatron-core")}
-    report = markdown(cfg, runs, meta)
+    report = markdown(cfg, runs, meta) + "".join(
+        f"\nThe run at tensor {f['layout']['tensor']} x data {f['layout']['data']} failed (exit status "
+        f"{f['returncode']}).\n" for f in failed)
     if args.output:
-        write_report(args.output, report, {"config": cfg, "meta": meta, "runs": runs})
+        write_report(args.output, report, {"config": cfg, "meta": meta, "runs": runs, "failed": failed})
     print(report)
 
 

@@ -3,17 +3,18 @@
 
 A checkpoint holds the model and optimizer state, the step, every RNG state, the data position, the
 whole training configuration and the parallel layout. It is written into ``iter_NNNNNNN.tmp`` and
-renamed when complete, then ``latest`` is replaced: a crash at any moment leaves the previous
-checkpoint and pointer intact. Loading refuses a checkpoint whose model configuration differs from
-the run's, naming each difference.
+renamed when complete (with ``asynchronous``, once the background write is), then ``latest`` is
+replaced: a crash at any moment leaves the previous checkpoint and pointer intact. Loading refuses a
+checkpoint whose model configuration differs from the run's, naming each difference.
 
-Files: ``model_tpR.pt`` / ``optimizer_tpR.pt`` per tensor-parallel rank R (data-parallel replicas hold
-the same state; rank 0 of each writes), ``rng_NNNNN.pt`` per process, ``train_state.json``, and what
-makes a copied checkpoint self-contained: ``tokenizer.model`` (the run's sentencepiece model) and
-``data_summary.json`` (the shards' manifest in brief: where, sequence length, tokenizer, split sizes).
-The model and optimizer files hold pieces placed in the full tensors (pretrain/resharding.py), so a
-checkpoint loads at any tensor-parallel size; RNG states (tensors: every file loads with
-``weights_only=True``) are restored only when the layout is the same.
+Files: the model and AdamW moments sharded over every rank (pretrain/sharded_checkpoint.py: DCP's
+``.metadata`` and ``__R_0.distcp``), ``optimizer.pt`` (groups, step count), ``rng_NNNNN.pt`` per process,
+``train_state.json``, and what makes a copied checkpoint self-contained: ``tokenizer.model`` (the run's
+sentencepiece model) and ``data_summary.json`` (the shards' manifest in brief: where, sequence length,
+tokenizer, split sizes). It loads at any tensor- and data-parallel size; RNG states (tensors: every file
+loads with ``weights_only=True``) are restored only when the layout is the same. Checkpoints of the
+previous format (``model_tpR.pt`` / ``optimizer_tpR.pt`` per tensor-parallel rank: pretrain/resharding.py)
+still load.
 """
 
 import json

@@ -3,9 +3,11 @@
 ``wrap_model`` puts the model in ``megatron.core.distributed.DistributedDataParallel`` (contiguous
 gradient buckets reduced over the data-parallel group); ``build_optimizer`` makes Megatron's optimizer
 over it (``use_distributed_optimizer``: AdamW state sharded over data-parallel ranks; Transformer
-Engine's or apex's fused Adam when they import, else torch's AdamW). ``param_moments`` /
-``load_param_moments`` read and write the AdamW state as parameter-shaped tensors of this rank's
-tensor-parallel shard, the form ``pretrain/resharding.py`` stores, whatever the optimizer.
+Engine's or apex's fused Adam when they import, else torch's AdamW). ``moment_slices`` /
+``load_moment_slices`` read and write the AdamW state where it is: per parameter, the flat range of its
+tensor-parallel shard this rank's optimizer holds (what pretrain/sharded_checkpoint.py saves, nothing
+gathered). ``param_moments`` / ``load_param_moments`` gather it as parameter-shaped tensors (the previous
+checkpoint format, pretrain/resharding.py, which still loads).
 
 On CPU Megatron's optimizer code names ``device='cuda'`` literally and checks dtypes by
 ``tensor.type() == 'torch.cuda.FloatTensor'``; ``cuda_as_cpu`` (a no-op where CUDA exists) maps those to

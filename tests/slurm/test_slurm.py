@@ -62,8 +62,8 @@ def test_tiny_job_trains_and_checkpoints(whole_job):
     assert "launch.sh: training finished" in text
     assert (ckpt / "latest").read_text() == "iter_0000024"
     assert sorted(p.name for p in (ckpt / "iter_0000024").iterdir()) == [
-        "data_summary.json", "model_tp0.pt", "optimizer_tp0.pt", "rng_00000.pt", "rng_00001.pt", "tokenizer.model",
-        "train_state.json"]
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "data_summary.json", "optimizer.pt", "rng_00000.pt",
+        "rng_00001.pt", "tokenizer.model", "train_state.json"]
     assert json.loads((ckpt / "iter_0000024" / "train_state.json").read_text())["layout"]["data"] == 2
     assert sorted(losses(ckpt)) == list(range(1, 25))
     assert list((ckpt / "tensorboard").glob("events.out.tfevents.*"))
