@@ -132,12 +132,14 @@ def worker(cfg: dict, tensor: int, out: str) -> None:
     results["share_bytes"] = sum(c.data.numel() * c.data.element_size() for c in share)
     config_dict = config.as_dict()
     for i in range(cfg["repeats"]):
+        previous = cfg["layouts_previous"][f"{tensor}x{layout.data}"]  # "save and load", "save" or "none"
         folder = legacy_folder(i)
-        timed("save_previous", lambda: _legacy_save(folder, model, opt.checkpoint_state, layout))
+        if previous != "none":
+            timed("save_previous", lambda: _legacy_save(folder, model, opt.checkpoint_state, layout))
         timed("save_sharded", lambda: ckpt.save(os.path.join(root, f"sharded_{i}"), 1, model, opt.checkpoint_state,
                                                 [{}], config_dict, layout, keep=0))
         sharded_folder = ckpt.iteration_dir(os.path.join(root, f"sharded_{i}"), 1)
-        if cfg["layouts_previous_load"][f"{tensor}x{layout.data}"]:
+        if previous == "save and load":
             timed("load_previous", lambda: ckpt._restore_legacy(folder, model, opt.checkpoint_state, tensor))
         timed("load_sharded", lambda: ckpt._restore_sharded(sharded_folder, model, opt.checkpoint_state))
         if layout.is_main:  # keep the disk's free space
@@ -207,16 +209,19 @@ def summarise(run: dict) -> dict:
     def peaks(name):
         return [max(x["peak_extra_bytes"] for x in r[name]) for r in ranks]
 
-    save_prev, save_new = wall("save_previous"), wall("save_sharded")
+    save_prev = wall("save_previous") if "save_previous" in ranks[0] else None
+    save_new = wall("save_sharded")
     step_alone = median(ranks[0]["step_alone"])
     in_flight = [t for times in ranks[0]["step_with_async_save"] for t in times]
     return {
         "layout": run["layout"], "ranks": len(ranks), "params": ranks[0]["params"] * run["layout"]["tensor"],
-        "save_previous_s": save_prev, "save_sharded_s": save_new, "save_speedup": save_prev / save_new,
+        "save_previous_s": save_prev, "save_sharded_s": save_new,
+        "save_speedup": save_prev / save_new if save_prev is not None else None,
         "load_previous_s": wall("load_previous") if "load_previous" in ranks[0] else None,
         "load_sharded_s": wall("load_sharded"),
         "share_bytes": [r["share_bytes"] for r in ranks],
-        "save_previous_peak_extra_bytes": peaks("save_previous"), "save_sharded_peak_extra_bytes": peaks("save_sharded"),
+        "save_previous_peak_extra_bytes": peaks("save_previous") if save_prev is not None else None,
+        "save_sharded_peak_extra_bytes": peaks("save_sharded"),
         "load_previous_peak_extra_bytes": peaks("load_previous") if "load_previous" in ranks[0] else None,
         "load_sharded_peak_extra_bytes": peaks("load_sharded"),
         "step_alone_s": step_alone, "step_with_blocking_save_s": median(ranks[0]["step_with_blocking_save"]),
@@ -238,10 +243,11 @@ def markdown(cfg: dict, rows: list, meta: dict) -> str:
              "| load sharded (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lo = r["layout"]
-        previous = "not run" if r["load_previous_s"] is None else f"{r['load_previous_s']:.2f}"
+        def seconds(key, unit=""):
+            return "not run" if r[key] is None else f"{r[key]:.2f}{unit}"
         lines.append(f"| {r['ranks']} ({lo['tensor']} x {lo['data']}) | {r['params'] / 1e6:.0f}M | "
-                     f"{r['save_previous_s']:.2f} | {r['save_sharded_s']:.2f} | {r['save_speedup']:.2f}x | "
-                     f"{previous} | {r['load_sharded_s']:.2f} |")
+                     f"{seconds('save_previous_s')} | {seconds('save_sharded_s')} | {seconds('save_speedup', 'x')} | "
+                     f"{seconds('load_previous_s')} | {seconds('load_sharded_s')} |")
     lines += ["", "Peak host memory above what each rank held before the operation (MiB, per rank), beside the "
               "bytes it writes in the sharded save:", "",
               "| ranks | share written | save previous | save sharded | load previous | load sharded |",
@@ -249,8 +255,9 @@ def markdown(cfg: dict, rows: list, meta: dict) -> str:
     for r in rows:
         def per_rank(key):
             return "not run" if r[key] is None else " / ".join(_mib(x) for x in r[key])
-        lines.append(f"| {r['ranks']} ({r['layout']['tensor']} x {r['layout']['data']}) | {per_rank('share_bytes')} | {per_rank('save_previous_peak_extra_bytes')} | "
-                     f"{per_rank('save_sharded_peak_extra_bytes')} | {per_rank('load_previous_peak_extra_bytes')} | "
+        lines.append(f"| {r['ranks']} ({r['layout']['tensor']} x {r['layout']['data']}) | {per_rank('share_bytes')} | "
+                     f"{per_rank('save_previous_peak_extra_bytes')} | {per_rank('save_sharded_peak_extra_bytes')} | "
+                     f"{per_rank('load_previous_peak_extra_bytes')} | "
                      f"{per_rank('load_sharded_peak_extra_bytes')} |")
     lines += ["", "A training step (s): alone, with a blocking sharded save before it, and while an asynchronous "
               "save is written (after its host copy):", "",
@@ -260,7 +267,7 @@ def markdown(cfg: dict, rows: list, meta: dict) -> str:
         flight = "n/a" if r["step_with_async_save_s"] is None else f"{r['step_with_async_save_s']:.2f}"
         lines.append(f"| {r['ranks']} ({r['layout']['tensor']} x {r['layout']['data']}) | {r['step_alone_s']:.2f} | {r['step_with_blocking_save_s']:.2f} | "
                      f"{r['async_copy_s']:.2f} | {flight} | {r['async_steps_in_flight']} |")
-    four = [r for r in rows if r["ranks"] == 4]
+    four = [r for r in rows if r["ranks"] == 4 and r["save_speedup"] is not None]
     if four:
         best = max(r["save_speedup"] for r in four)
         verdict = "met" if best >= TARGET_SPEEDUP else "missed"
@@ -279,8 +286,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = read_config(args.config, REQUIRED, precision=False)
     # the previous format's load builds the whole AdamW state on every rank: a layout may skip it for memory
-    cfg["layouts_previous_load"] = {f"{lo['tensor']}x{lo['data']}": lo.get("previous_load", True)
-                                    for lo in cfg["layouts"]}
+    cfg["layouts_previous"] = {f"{lo['tensor']}x{lo['data']}": lo.get("previous", "save and load")
+                               for lo in cfg["layouts"]}
     if args.worker:
         worker(cfg, args.tensor, args.out)
         return
@@ -304,8 +311,8 @@ def main() -> None:
                 continue
             with open(out) as f:
                 runs.append(summarise(json.load(f)))
-            print(f"    done in {time.time() - started:.0f} s: save {runs[-1]['save_previous_s']:.2f} s -> "
-                  f"{runs[-1]['save_sharded_s']:.2f} s", flush=True)
+            print(f"    done in {time.time() - started:.0f} s: sharded save {runs[-1]['save_sharded_s']:.2f} s",
+                  flush=True)
     meta = {"date": datetime.date.today().isoformat(), "device": f"CPU ({cpu_description()}), local disk",
             "command": " ".join(["python", "bench/checkpoint.py"] + sys.argv[1:]), "python": platform.python_version(),
             "torch": package_version("torch"), "megatron-core": package_version("megatron-core")}
