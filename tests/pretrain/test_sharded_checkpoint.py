@@ -86,8 +86,7 @@ def assert_same_state(model, optimizer, other, other_opt):
             assert torch.equal(value, theirs["state"][i][key]), (i, key)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("variant, asynchronous", [(v, False) for v in VARIANTS] + [("mag", True), ("gdn", True)])
 def test_model_and_optimizer_round_trip_exactly(variant, asynchronous, tmp_path):
     _, model, optimizer = trained(variant, seed=1)
     _, other, other_opt = trained(variant, seed=2)
