@@ -193,7 +193,7 @@ def _row(r):
 
 def report(cfg, rows, config_path, device, memory_note):
     from kernels.memory_op import resolve_backend as memory_backend
-    from titans_megatron.attention_core import resolve_backend as attention_backend
+    from titans_core.attention_core import resolve_backend as attention_backend
 
     machine = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_description()
     overrides = cfg.get("overrides", {})

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ["kernels", "titans_megatron", "pretrain", "data_prep", "eval_suite"]
+PACKAGES = ["kernels", "titans_core", "titans_megatron", "pretrain", "data_prep", "eval_suite"]
 SCRIPT_FOLDERS = ["data_prep", "pretrain", "eval_suite", "bench"]
 PATH_GUARD = textwrap.dedent("""\
     import os, sys

@@ -25,7 +25,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.ssm import gated_delta_net as upstream
 
 from titans_megatron.parallel import tp_rank
-from titans_megatron.stream_state import StreamState
+from titans_core.stream_state import StreamState
 
 
 def torch_l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

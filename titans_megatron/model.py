@@ -6,7 +6,7 @@ import torch.nn as nn
 from megatron.core.models.gpt.gpt_model import GPTModel
 
 from titans_megatron.config import TitansConfig
-from titans_megatron.stream_state import StreamState
+from titans_core.stream_state import StreamState
 from titans_megatron.parallel import ensure_model_parallel
 from titans_megatron.specs import block_spec
 

@@ -1,21 +1,16 @@
-"""RMSNorms that work with sequence parallelism (Megatron's torch fallback refuses it)."""
+"""RMSNorms with the signature Megatron's specs build norms with, working with sequence parallelism
+(Megatron's torch fallback refuses it). The arithmetic is titans_core.norms.rms_norm."""
 
 import torch
 import torch.nn as nn
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
+from titans_core.norms import rms_norm
 from titans_megatron.parallel import device_of
-from titans_megatron.sharding import TensorParallelSharded
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x = x.float()
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dtype) * weight
 
 
 class RMSNorm(nn.Module):
-    """Per-token RMSNorm over the hidden dim; the signature Megatron's specs build norms with.
+    """Per-token RMSNorm over the hidden dim.
 
     Under sequence parallelism each rank normalises its own tokens; the weight is marked
     ``sequence_parallel`` so that its gradient is all-reduced across tensor-parallel ranks
@@ -45,15 +40,3 @@ class HeadSharedRMSNorm(nn.Module):
 
     def forward(self, x):
         return rms_norm(x, copy_to_tensor_model_parallel_region(self.weight), self.eps)
-
-
-class HeadRMSNorm(TensorParallelSharded):
-    """RMSNorm of each head's d_h features, with one learnable vector per head (tensor-parallel)."""
-
-    def __init__(self, weight: nn.Parameter, eps: float):
-        super().__init__()
-        self.weight = weight  # [H_local, d_h]
-        self.eps = eps
-
-    def forward(self, x):  # [..., H_local, d_h]
-        return rms_norm(x, self.weight, self.eps)

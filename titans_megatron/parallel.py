@@ -1,10 +1,23 @@
-"""Megatron parallel state for any process: join an existing setup, or make a one-rank gloo group."""
+"""Megatron parallel state for any process (join an existing setup, or make a one-rank gloo group),
+and ``MixerSubmodules``: the tensor-parallel layers titans_core's mixers are built from."""
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.tensor_parallel.layers import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    set_tensor_model_parallel_attributes,
+)
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
+)
 from megatron.core.tensor_parallel.random import initialize_rng_tracker
+
+from titans_megatron.sharding import tensor_parallel_sharded_state_dict
 
 
 def enable_cpu_collectives() -> None:
@@ -93,3 +106,47 @@ def allreduce_sequence_parallel_grads(model: torch.nn.Module) -> None:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+@dataclass
+class MixerSubmodules:
+    """The layers a titans_core mixer builds (its ``submodules``, the interface of
+    titans_core.parallel.LocalParallel), named by the spec as Megatron's own mixers take theirs (e.g.
+    Transformer Engine's parallel linears in place of Megatron's): every column-parallel projection
+    (q, k, v, the memory's gates, LMM's output gate), every row-parallel one (the output projection,
+    MAC's projections back to hidden space), per-head parameters split across ranks, and the
+    collectives."""
+
+    column_linear: type = ColumnParallelLinear
+    row_linear: type = RowParallelLinear
+
+    def tp_size(self) -> int:
+        return tp_size()
+
+    def tp_rank(self) -> int:
+        return tp_rank()
+
+    def device(self, config) -> torch.device:
+        return device_of(config)
+
+    def column(self, config, in_size: int, out_size: int, bias: bool = False):
+        return self.column_linear(in_size, out_size, config=config, init_method=config.init_method,
+                                  bias=bias, gather_output=False, skip_bias_add=False)
+
+    def row(self, config, in_size: int, out_size: int):
+        return self.row_linear(in_size, out_size, config=config, init_method=config.output_layer_init_method,
+                               bias=False, input_is_parallel=True, skip_bias_add=True)
+
+    def parameter(self, shape, dim: int, config, init=None) -> torch.nn.Parameter:
+        return tensor_parallel_parameter(shape, dim, config, init)
+
+    def copy_to_tensor_parallel(self, x):
+        return copy_to_tensor_model_parallel_region(x)
+
+    def gather_sequence(self, x):
+        # The inner column-parallel projections all-reduce x's gradient: the gather's backward only
+        # needs to keep this rank's slice of it.
+        return gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+
+    def sharded_state_dict(self, module, prefix="", sharded_offsets=(), metadata=None):
+        return tensor_parallel_sharded_state_dict(module, prefix, sharded_offsets, metadata)

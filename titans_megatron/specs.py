@@ -9,9 +9,10 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from titans_core.mixers import MIXERS, SlidingWindowMixer
 from titans_megatron.gated_delta_net import GatedDeltaNetMixer
-from titans_megatron.mixers import MIXERS, MixerSubmodules, SlidingWindowMixer
 from titans_megatron.norms import HeadSharedRMSNorm, RMSNorm
+from titans_megatron.parallel import MixerSubmodules
 
 
 # Megatron's own parallel linears; a spec for Transformer Engine's would name TE's classes here.

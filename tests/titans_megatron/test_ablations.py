@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from titans_megatron import build_model
-from titans_megatron.branches import MemoryBranch
+from titans_core.branches import MemoryBranch
 from tests.titans_megatron.model_configs import small_config
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from titans_megatron import build_model
-from titans_megatron.attention_core import attention_mask, prefixed_attention
+from titans_core.attention_core import attention_mask, prefixed_attention
 from tests.titans_megatron.model_configs import small_config
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from titans_megatron import build_model
-from titans_megatron.branches import initial_gate_bias, spread_across_heads
+from titans_core.branches import initial_gate_bias, spread_across_heads
 from tests.titans_megatron.model_configs import small_config
 
 T, BACK = 640, 500

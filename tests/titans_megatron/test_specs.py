@@ -6,7 +6,8 @@ import torch
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 from titans_megatron import build_model, specs
-from titans_megatron.mixers import Mixer, MixerSubmodules
+from titans_core.mixers import Mixer
+from titans_megatron.parallel import MixerSubmodules
 from tests.titans_megatron.model_configs import small_config
 
 

@@ -1,6 +1,6 @@
 """The two branches every Titans mixer is made of: sliding-window attention and the neural memory.
 
-Both take Megatron's sequence-first hidden states ``[s, b, h]`` (``[s / tp, b, h]`` under sequence
+Both take sequence-first hidden states ``[s, b, h]`` (``[s / tp, b, h]`` under sequence
 parallelism: the column-parallel projections gather the sequence) and an optional prefix of tokens in
 hidden space ``[P, b, h]`` (persistent tokens, MAC's memory tokens) that the branch reads before the
 sequence. They return per-head outputs ``[b, P + s, H_local, d_h]`` (prefix positions first).
@@ -16,31 +16,21 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear
-from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
-from kernels import neural_memory
-from kernels.memory_op.mlp import mlp_forward
-from titans_megatron.attention_core import prefixed_attention
-from titans_megatron.parallel import tensor_parallel_parameter, tp_size
-from titans_megatron.rotary import apply_rotary, rotary_cos_sin
-from titans_megatron.sharding import TensorParallelSharded
+from .attention_core import prefixed_attention
+from .memory import mlp_forward, neural_memory
+from .parallel import Sharded
+from .rotary import apply_rotary, rotary_cos_sin
 
 
-def column_linear(config, in_size, out_size, bias=False, linear=ColumnParallelLinear):
-    """``linear``: the column-parallel class the mixer's spec names (mixers.MixerSubmodules)."""
-    return linear(in_size, out_size, config=config, init_method=config.init_method,
-                  bias=bias, gather_output=False, skip_bias_add=False)
-
-
-def project_with_prefix(linear: ColumnParallelLinear, x, prefix):
-    """``linear`` over the sequence and over the (replicated) prefix tokens, joined along time:
-    [P + s, b, out_local]. The prefix goes through the same weight; its gradient is all-reduced
-    across tensor-parallel ranks as the linear does for its own input."""
+def project_with_prefix(linear, x, prefix, parallel):
+    """``linear`` (column-parallel) over the sequence and over the (replicated) prefix tokens, joined
+    along time: [P + s, b, out_local]. The prefix goes through the same weight; its gradient is
+    all-reduced across tensor-parallel ranks as the linear does for its own input."""
     out, _ = linear(x)
     if prefix is None or prefix.shape[0] == 0:
         return out
-    p = F.linear(copy_to_tensor_model_parallel_region(prefix), linear.weight)
+    p = F.linear(parallel.copy_to_tensor_parallel(prefix), linear.weight)
     return torch.cat([p.expand(-1, out.shape[1], -1), out], dim=0)
 
 
@@ -50,17 +40,17 @@ def heads(x, num_parts, head_dim):
     return x.transpose(0, 1).reshape(b, T, -1, num_parts, head_dim)
 
 
-class AttentionBranch(TensorParallelSharded):
+class AttentionBranch(Sharded):
     """Softmax attention with RoPE over [prefix || sequence]; causal, optional sliding window.
 
     RoPE rotates sequence tokens by their positions; prefix keys carry no rotation (choice: they are
     content-addressed memory, visible from every position).
     """
 
-    def __init__(self, config, window: Optional[int], linear=ColumnParallelLinear):
+    def __init__(self, config, window: Optional[int], parallel):
         super().__init__()
-        self.config, self.window, self.head_dim = config, window, config.head_dim
-        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size, linear=linear)
+        self.config, self.window, self.head_dim, self.parallel = config, window, config.head_dim, parallel
+        self.linear_qkv = parallel.column(config, config.hidden_size, 3 * config.hidden_size)
 
     def forward(self, x, prefix=None, position_offset: int = 0, cache=None, aligned=None):
         """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
@@ -71,7 +61,7 @@ class AttentionBranch(TensorParallelSharded):
         if aligned is not None:
             akv = heads(self.linear_qkv(aligned)[0], 3, self.head_dim)
             aligned_kv = [t.transpose(1, 2) for t in akv.unbind(3)[1:]]     # k, v: [b, H_l, s, d]
-        qkv = heads(project_with_prefix(self.linear_qkv, x, prefix), 3, self.head_dim)
+        qkv = heads(project_with_prefix(self.linear_qkv, x, prefix, self.parallel), 3, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))             # [b, H_l, P + s, d]
         P = 0 if prefix is None else prefix.shape[0]
         s = q.shape[2] - P
@@ -118,7 +108,7 @@ def initial_gate_bias(config) -> torch.Tensor:
     return bias.to(config.params_dtype)
 
 
-class MemoryBranch(TensorParallelSharded):
+class MemoryBranch(Sharded):
     """The memory layer of TITANS_SPEC section 2 up to the op's output (norm/gate/output come after):
 
         q, k, v = SiLU(depthwise causal conv(x W_{Q,K,V})); q, k L2-normalised per head
@@ -126,23 +116,23 @@ class MemoryBranch(TensorParallelSharded):
         y = neural_memory(q, k, v, theta, eta, alpha, W_init)
     """
 
-    def __init__(self, config, linear=ColumnParallelLinear):
+    def __init__(self, config, parallel):
         super().__init__()
-        self.config = config
-        H_l, d = config.num_attention_heads // tp_size(), config.head_dim
+        self.config, self.parallel = config, parallel
+        H_l, d = config.num_attention_heads // parallel.tp_size(), config.head_dim
         self.num_heads, self.head_dim = H_l, d
-        self.linear_qkv = column_linear(config, config.hidden_size, 3 * config.hidden_size, linear=linear)
-        self.linear_gates = column_linear(config, config.hidden_size, 3 * config.num_attention_heads, linear=linear)
-        self.gate_bias = tensor_parallel_parameter((H_l, 3), 0, config, lambda t: t.copy_(initial_gate_bias(config)))
+        self.linear_qkv = parallel.column(config, config.hidden_size, 3 * config.hidden_size)
+        self.linear_gates = parallel.column(config, config.hidden_size, 3 * config.num_attention_heads)
+        self.gate_bias = parallel.parameter((H_l, 3), 0, config, lambda t: t.copy_(initial_gate_bias(config)))
         K = config.conv_kernel
-        self.conv_weight = tensor_parallel_parameter(
+        self.conv_weight = parallel.parameter(
             (H_l * 3 * d, K), 0, config, lambda t: nn.init.uniform_(t, -1 / math.sqrt(K), 1 / math.sqrt(K)))
         E, L = config.memory_expansion, config.effective_memory_depth
         dims = [d] + [E * d] * (L - 1) + [d]
         # Plain attributes, not a ParameterList: Megatron would take a list's entries as replicated.
         self.num_memory_layers = L
         for i in range(L):
-            setattr(self, f"memory_init_{i}", tensor_parallel_parameter(
+            setattr(self, f"memory_init_{i}", parallel.parameter(
                 (H_l, dims[i], dims[i + 1]), 0, config, lambda t, fan_in=dims[i]: nn.init.normal_(t, std=1 / math.sqrt(fan_in))))
 
     @property
@@ -162,14 +152,14 @@ class MemoryBranch(TensorParallelSharded):
 
     def inputs(self, x, prefix=None, conv_state=None):
         """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s."""
-        qkv = project_with_prefix(self.linear_qkv, x, prefix)           # [T, b, 3 h_l]
+        qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel)         # [T, b, 3 h_l]
         qkv, conv_state = self.conv(qkv.transpose(0, 1), conv_state)
         qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], self.num_heads, 3, self.head_dim)
         q, k, v = qkv.unbind(3)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.config.memory_value_norm:
             v = F.normalize(v, dim=-1)
-        g = project_with_prefix(self.linear_gates, x, prefix).transpose(0, 1)
+        g = project_with_prefix(self.linear_gates, x, prefix, self.parallel).transpose(0, 1)
         g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], self.num_heads, 3) + self.gate_bias)
         lr, momentum, forget = g.unbind(-1)
         lr = self.config.memory_lr_max * lr

@@ -1,6 +1,7 @@
-"""The token mixers of the five variants, each plugged in as the ``self_attention`` submodule of a
-Megatron-core ``TransformerLayer`` (TITANS_SPEC section 3). Each takes ``[s, b, h]`` and returns
-``(output, None)`` like Megatron's attention.
+"""The token mixers of the five variants (TITANS_SPEC section 3). Each takes ``[s, b, h]`` and returns
+``(output, None)`` like Megatron's attention: titans_megatron plugs them in as the ``self_attention``
+submodule of a Megatron-core ``TransformerLayer`` (their ``submodules``: Megatron's tensor-parallel
+layers), titans_hf into its own layers (``LocalParallel``).
 
 Choices made here (documented in docs/model.md):
 - MAG / MAC combine: ``o = RMSNorm_y(y) * sigmoid(RMSNorm_m(m))`` per head, learnable vectors.
@@ -17,42 +18,20 @@ Choices made here (documented in docs/model.md):
 """
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
-from titans_megatron.branches import AttentionBranch, MemoryBranch, column_linear, heads
-from titans_megatron.norms import HeadRMSNorm
-from titans_megatron.parallel import device_of, tensor_parallel_parameter, tp_size
-from titans_megatron.sharding import TensorParallelSharded
-from titans_megatron.stream_state import StreamState
+from .branches import AttentionBranch, MemoryBranch, heads
+from .norms import head_norm
+from .parallel import LocalParallel, Sharded
+from .stream_state import StreamState
 
 
-@dataclass
-class MixerSubmodules:
-    """The linear layers a mixer builds, named by its spec as Megatron's own mixers take theirs (e.g.
-    Transformer Engine's parallel linears in place of Megatron's): every column-parallel projection
-    (q, k, v, the memory's gates, LMM's output gate) and every row-parallel one (the output
-    projection, MAC's projections back to hidden space)."""
-
-    column_linear: type = ColumnParallelLinear
-    row_linear: type = RowParallelLinear
-
-
-def row_linear(config, linear=RowParallelLinear):
-    return linear(config.hidden_size, config.hidden_size, config=config,
-                  init_method=config.output_layer_init_method, bias=False,
-                  input_is_parallel=True, skip_bias_add=True)
-
-
-def head_norm(config):
-    H_l = config.num_attention_heads // tp_size()
-    return HeadRMSNorm(tensor_parallel_parameter((H_l, config.head_dim), 0, config, nn.init.ones_),
-                       config.layernorm_epsilon)
+def row_linear(config, parallel):
+    """A row-parallel projection from the heads back to hidden space."""
+    return parallel.row(config, config.hidden_size, config.hidden_size)
 
 
 def merge_heads(x):
@@ -65,21 +44,23 @@ def gate_combine(norm_y, norm_m, y, m):
     return norm_y(y) * torch.sigmoid(norm_m(m))
 
 
-class Mixer(StreamState, TensorParallelSharded):
+class Mixer(StreamState, Sharded):
     """Shared parts: the persistent tokens, the output projection, and the stream state (attention
-    cache, memory state, conv inputs)."""
+    cache, memory state, conv inputs).
+
+    ``submodules``: where the layers come from (titans_core.parallel), the name Megatron's specs pass
+    them by; None builds plain single-rank layers."""
 
     def __init__(self, config, submodules=None, layer_number=None, pg_collection=None, **kwargs):
         super().__init__()
         self.config, self.layer_number = config, layer_number
-        self.submodules = submodules or MixerSubmodules()
-        self.column, self.row = self.submodules.column_linear, self.submodules.row_linear
+        self.parallel = submodules if submodules is not None else LocalParallel()
         n = config.effective_persistent_tokens
         self.persistent = nn.Parameter(torch.empty(n, 1, config.hidden_size, dtype=config.params_dtype,
-                                                   device=device_of(config))) if n else None
+                                                   device=self.parallel.device(config))) if n else None
         if n and config.perform_initialization:
             config.init_method(self.persistent)
-        self.linear_proj = row_linear(config, self.row)
+        self.linear_proj = row_linear(config, self.parallel)
 
     def prefix(self):
         return self.persistent
@@ -94,7 +75,7 @@ class AttentionMixer(Mixer):
 
     def __init__(self, config, window=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=window, linear=self.column)
+        self.attention = AttentionBranch(config, window, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         return self.project_out(self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention")))
@@ -112,9 +93,9 @@ class LMMMixer(Mixer):
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.memory = MemoryBranch(config, linear=self.column)
-        self.linear_gate = column_linear(config, config.hidden_size, config.hidden_size, linear=self.column)
-        self.norm = head_norm(config)
+        self.memory = MemoryBranch(config, self.parallel)
+        self.linear_gate = self.parallel.column(config, config.hidden_size, config.hidden_size)
+        self.norm = head_norm(config, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         y = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"))
@@ -139,10 +120,10 @@ class MAGMixer(Mixer):
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.attention = AttentionBranch(config, window=config.window_size, linear=self.column)
+        self.attention = AttentionBranch(config, config.window_size, self.parallel)
         if config.has_memory:
-            self.memory = MemoryBranch(config, linear=self.column)
-            self.norm_y, self.norm_m = head_norm(config), head_norm(config)
+            self.memory = MemoryBranch(config, self.parallel)
+            self.norm_y, self.norm_m = head_norm(config, self.parallel), head_norm(config, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         y = self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention"))
@@ -160,7 +141,7 @@ class MALMixer(Mixer):
         if config.has_memory:
             self.memory_layer = LMMMixer(config, **kwargs)
             self.memory_layer.persistent = None  # shares this mixer's persistent tokens
-        self.attention = AttentionBranch(config, window=config.window_size, linear=self.column)
+        self.attention = AttentionBranch(config, config.window_size, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         x = hidden_states
@@ -178,18 +159,18 @@ class MACMixer(Mixer):
         # Inside the segment loop the full sequence is at hand: sequence parallelism is undone at the
         # mixer's borders instead of inside each projection.
         inner = dataclasses.replace(config, sequence_parallel=False) if config.sequence_parallel else config
-        self.attention = AttentionBranch(inner, window=None, linear=self.column)
-        self.attention_proj = row_linear(inner, self.row)
+        self.attention = AttentionBranch(inner, None, self.parallel)
+        self.attention_proj = row_linear(inner, self.parallel)
         self.own_query = config.mac_retrieval == "own_query"
         if config.has_memory:
-            self.memory = MemoryBranch(inner, linear=self.column)
-            self.memory_token_proj = row_linear(inner, self.row)
+            self.memory = MemoryBranch(inner, self.parallel)
+            self.memory_token_proj = row_linear(inner, self.parallel)
             if not self.own_query:  # own-query retrieval has no first segment's learned queries
-                H_l, d = config.num_attention_heads // tp_size(), config.head_dim
-                self.first_queries = tensor_parallel_parameter(
+                H_l, d = config.num_attention_heads // self.parallel.tp_size(), config.head_dim
+                self.first_queries = self.parallel.parameter(
                     (config.num_memory_tokens, H_l, d), 1, config,
                     lambda t: t.copy_(F.normalize(torch.randn_like(t), dim=-1)))
-            self.norm_y, self.norm_m = head_norm(config), head_norm(config)
+            self.norm_y, self.norm_m = head_norm(config, self.parallel), head_norm(config, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         """Segments of C tokens, in one pass over the pieces of the input: a whole sequence is one
@@ -201,7 +182,7 @@ class MACMixer(Mixer):
                 raise ValueError("streaming runs without sequence parallelism")
             # The inner column-parallel projections all-reduce x's gradient: the gather's backward
             # only needs to keep this rank's slice of it.
-            x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+            x = self.parallel.gather_sequence(x)
         st = {} if self.stream_state is None else self.stream_state
         s, b, _ = x.shape
         C, N_l = cfg.segment_length, cfg.num_memory_tokens
