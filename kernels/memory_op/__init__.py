@@ -13,10 +13,10 @@ import importlib.util
 
 import torch
 
-from kernels.memory_op.checks import check_arguments
-from kernels.memory_op.torch_backend import neural_memory_chunked
-from kernels.memory_op.sequential import neural_memory_sequential
-from kernels.memory_op.triton_backend import neural_memory_triton
+from .checks import check_arguments
+from .torch_backend import neural_memory_chunked
+from .sequential import neural_memory_sequential
+from .triton_backend import neural_memory_triton
 
 # name -> implementation; every implementation takes the validated arguments plus the compute dtype.
 BACKENDS = {

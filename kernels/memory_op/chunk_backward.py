@@ -9,8 +9,8 @@ follow from them by autograd through ``chunk_coefficients``, which is cheap (O(n
 
 import torch
 
-from kernels.memory_op.chunk_forward import end_of_chunk, split_state
-from kernels.memory_op.mlp import gelu_grad2, gelu_vjp
+from .chunk_forward import end_of_chunk, split_state
+from .mlp import gelu_grad2, gelu_vjp
 
 
 def chunk_backward(WS, coef, n, acts, dout, dWS_end, dcoef):

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from kernels.memory_op.mlp import gelu, gelu_vjp
+from .mlp import gelu, gelu_vjp
 
 
 class ChunkActivations(NamedTuple):

@@ -10,7 +10,7 @@ It materialises W_t for every token (autograd keeps them all), so use it only at
 
 import torch
 
-from kernels.memory_op.mlp import loss_gradient_factors, mlp_forward
+from .mlp import loss_gradient_factors, mlp_forward
 
 
 def neural_memory_sequential(q, k, v, lr, momentum, forget, weights, momenta, chunk_size, compute_dtype):

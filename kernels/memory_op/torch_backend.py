@@ -16,9 +16,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.memory_op.chunk_backward import chunk_backward
-from kernels.memory_op.chunk_forward import chunk_forward, split_state
-from kernels.memory_op.gates import ChunkCoefficients, chunk_coefficients
+from .chunk_backward import chunk_backward
+from .chunk_forward import chunk_forward, split_state
+from .gates import ChunkCoefficients, chunk_coefficients
 
 # Kept state per token and head is bounded by this many multiples of d_h (see the module docstring).
 KEPT_STATE_PER_TOKEN_IN_HEAD_DIMS = 2

@@ -18,8 +18,8 @@ import warnings
 
 import torch
 
-from kernels.memory_op.torch_backend import _gate_chunks, neural_memory_chunked, without_autocast
-from kernels.memory_op.gates import chunk_coefficients
+from .torch_backend import _gate_chunks, neural_memory_chunked, without_autocast
+from .gates import chunk_coefficients
 
 CHUNK_SIZES = (16, 32, 64)
 HEAD_DIMS = (16, 32, 64, 128)
@@ -101,7 +101,7 @@ class _Geometry:
 
     def __init__(self, q, weights, chunk_size):
         """Shapes only: ``q`` and ``weights`` may be meta tensors."""
-        from kernels.memory_op.triton_chunk import BWD_ROW_SLOTS, FWD_ROW_SLOTS
+        from .triton_chunk import BWD_ROW_SLOTS, FWD_ROW_SLOTS
 
         B, T, H, D = q.shape
         self.B, self.T, self.H, self.D, self.C = B, T, H, D, chunk_size
@@ -141,7 +141,7 @@ class TritonNeuralMemory(torch.autograd.Function):
     @staticmethod
     @without_autocast  # the coefficients are built by torch matmuls, which autocast would make bf16
     def forward(ctx, chunk_size, num_layers, *tensors):
-        from kernels.memory_op.triton_kernels import memory_forward_kernel
+        from .triton_kernels import memory_forward_kernel
 
         q, k, v, lr, momentum, forget = tensors[:6]
         weights = tensors[6 : 6 + num_layers]
@@ -170,7 +170,7 @@ class TritonNeuralMemory(torch.autograd.Function):
     @staticmethod
     @without_autocast
     def backward(ctx, dout, *dstate):
-        from kernels.memory_op.triton_kernels import memory_backward_kernel
+        from .triton_kernels import memory_backward_kernel
 
         chunk_size, L, num_inputs = ctx.config
         saved = ctx.saved_tensors

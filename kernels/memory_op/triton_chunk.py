@@ -15,8 +15,13 @@ carried in registers across the block loop. ``tl.debug_barrier()`` separates a b
 from the next loop's loads of the same scratch.
 """
 
-import triton
-import triton.language as tl
+# In a try block: transformers' loader of exported model code (trust_remote_code) requires every
+# import outside one to be installed, and this module is only imported where the Triton backend runs.
+try:
+    import triton
+    import triton.language as tl
+except ImportError as e:
+    raise ImportError("the Triton memory kernels need triton (CUDA builds of torch bundle it)") from e
 
 # Globals a jit function reads must be constexpr.
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)

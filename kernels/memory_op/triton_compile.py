@@ -40,8 +40,8 @@ def compile_kernels(depth, head_dim, expansion=4, chunk=16, dtype=torch.bfloat16
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.memory_op.triton_backend import LAUNCH, _Geometry
-    from kernels.memory_op.triton_kernels import memory_backward_kernel, memory_forward_kernel
+    from .triton_backend import LAUNCH, _Geometry
+    from .triton_kernels import memory_backward_kernel, memory_forward_kernel
 
     q = torch.empty(1, chunk, 1, head_dim, dtype=dtype, device="meta")
     widths = [head_dim] + [expansion * head_dim] * (depth - 1) + [head_dim]

@@ -10,10 +10,15 @@ q, k, v, out and their gradients share one [B, T, H, D] stride set; coefficient 
 contiguous ``[B*H, chunks, C(, C)]`` outputs of ``gates.chunk_coefficients``.
 """
 
-import triton
-import triton.language as tl
+# In a try block: transformers' loader of exported model code (trust_remote_code) requires every
+# import outside one to be installed, and this module is only imported where the Triton backend runs.
+try:
+    import triton
+    import triton.language as tl
+except ImportError as e:
+    raise ImportError("the Triton memory kernels need triton (CUDA builds of torch bundle it)") from e
 
-from kernels.memory_op.triton_chunk import bwd_chunk_d1, bwd_chunk_d2, fwd_chunk_d1, fwd_chunk_d2
+from .triton_chunk import bwd_chunk_d1, bwd_chunk_d2, fwd_chunk_d1, fwd_chunk_d2
 
 
 @triton.jit
