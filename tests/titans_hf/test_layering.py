@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -19,6 +21,7 @@ def test_titans_core_and_kernels_never_import_megatron():
                     assert not name.startswith(("megatron", "titans_megatron", "pretrain")), f"{path}: imports {name}"
 
 
+@pytest.mark.process
 def test_hf_model_runs_with_megatron_unimportable():
     script = textwrap.dedent("""
         import importlib.abc, sys

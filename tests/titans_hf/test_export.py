@@ -1,0 +1,85 @@
+"""eval_suite/export_hf.py on a trained checkpoint: the folder loads in a process where none of our
+packages (nor Megatron) can be imported, through transformers' Auto classes and trust_remote_code,
+and gives the checkpoint's logits; pipeline("text-generation") runs; bad inputs write nothing."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from eval_suite.errors import EvalInputError
+from eval_suite.export_hf import export
+
+pytestmark = pytest.mark.process
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Not "kernels": transformers probes for a package of that name (Hugging Face's own); the check below
+# that no module of this repository was loaded covers it.
+OURS = ("titans_core", "titans_hf", "titans_megatron", "megatron", "pretrain", "eval_suite", "data_prep")
+REMOTE = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in %r:
+                raise ImportError(f"blocked: {name}")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    folder, ids = sys.argv[1], json.loads(sys.argv[2])
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    text = pipeline("text-generation", model=model, tokenizer=tok)("The", max_new_tokens=8, do_sample=False)
+    ours = sorted(n for n, m in list(sys.modules.items()) if (getattr(m, "__file__", None) or "").startswith(%r))
+    print("RESULT " + json.dumps({"logits": logits.tolist(), "encoded": tok("Hello world")["input_ids"], "ours": ours,
+                      "generated": text[0]["generated_text"], "class": type(model).__module__}))
+""") % (OURS, tuple(os.path.join(ROOT, p) + os.sep for p in OURS + ("kernels",)))
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    return export(str(checkpoints["mag"]), str(tmp_path_factory.mktemp("hf") / "mag"))
+
+
+def test_exported_folder_loads_without_our_code_and_gives_the_checkpoint_logits(exported, mag, tmp_path):
+    names = set(os.listdir(exported))
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "tokenizer.model", "hf_model.py", "hf_config.py", "mixers.py", "memory.py", "memory_op.py"} <= names
+    config = json.load(open(os.path.join(exported, "config.json")))
+    assert config["model_type"] == "titans" and config["variant"] == "mag" and config["auto_map"]
+    ids = [mag.bos_id] + mag.encode("The memory reads every token and keeps what surprised it.")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", REMOTE, exported, json.dumps(ids)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "RESULT " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(proc.stdout.split("RESULT ")[-1].splitlines()[0])
+    assert out["class"].startswith("transformers_modules")  # the folder's own code
+    assert out["ours"] == []  # no module of this repository was loaded
+    with torch.no_grad():
+        expected = mag.model(torch.tensor([ids])).float()[0]
+    torch.testing.assert_close(torch.tensor(out["logits"]), expected, rtol=1e-4, atol=1e-4)
+    assert out["encoded"] == [mag.bos_id] + mag.encode("Hello world")
+    assert out["generated"].startswith("The")
+
+
+def test_bad_inputs_write_nothing(exported, checkpoints, tmp_path):
+    with pytest.raises(EvalInputError, match="no such folder"):
+        export(str(tmp_path / "missing"), str(tmp_path / "out"))
+    (tmp_path / "notckpt").mkdir()
+    with pytest.raises(EvalInputError, match="neither a run folder"):
+        export(str(tmp_path / "notckpt"), str(tmp_path / "out"))
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(EvalInputError, match="not an empty folder"):
+        export(str(checkpoints["mag"]), str(taken))
+    assert os.listdir(taken) == ["keep.txt"] and (taken / "keep.txt").read_text() == "mine"
+    assert not os.path.exists(tmp_path / "out")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
