@@ -44,3 +44,10 @@ def test_hf_model_runs_with_megatron_unimportable():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_transformers_does_not_take_our_kernels_package_for_its_own():
+    """`kernels` is also the name of a Hugging Face package transformers probes for (README, Layout)."""
+    from transformers.utils.import_utils import is_kernels_available
+
+    assert not is_kernels_available()
