@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.manifest import MANIFEST, Manifest, ManifestError, file_sha256, write_json
-from pretrain import moments, resharding
+from pretrain import hf_import, moments, resharding
 from pretrain import sharded_checkpoint as sharded
 from pretrain.config import TrainConfig, config_from_dict
 from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
@@ -327,7 +327,17 @@ def checkpoint_folder(path: str, what: str) -> str:
 def init_from(path: str, model, optimizer=None) -> TrainState:
     """A new run's starting weights (and, given ``optimizer``, AdamW moments) from another run's checkpoint
     at any tensor-parallel size; nothing else of it (step, data position, RNG) is taken. Parameter names
-    and shapes must match; other model settings may differ."""
+    and shapes must match; other model settings may differ. ``path`` may also be a Hugging Face folder
+    (eval_suite/export_hf.py's): its weights only."""
+    if os.path.isdir(path) and hf_import.is_hf_folder(path):
+        if optimizer is not None:
+            raise CheckpointError(f"checkpoint.init_from {path}: a Hugging Face folder holds no optimizer state "
+                                  "(set checkpoint.init_optimizer false)")
+        try:
+            hf_import.load(path, model)
+        except hf_import.HFImportError as e:
+            raise CheckpointError(f"checkpoint.init_from {e}") from e
+        return TrainState(step=hf_import.hf_step(path), data=[], config={}, layout={}, folder=path)
     folder = checkpoint_folder(path, "checkpoint.init_from")
     state = read_state(folder)
     try:

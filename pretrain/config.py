@@ -113,7 +113,8 @@ class CheckpointSection:
     whose weights start this run, Megatron's --finetune: used only while ``dir`` holds no checkpoint of
     its own (a requeued job resumes from its own); step, schedule and data position start at zero. The
     model may differ from the checkpoint's in what keeps parameter shapes (sequence length, window,
-    segment, chunk, memory lr, ...); a shape or parameter that differs is refused by name."""
+    segment, chunk, memory lr, ...); a shape or parameter that differs is refused by name. A Hugging Face
+    folder eval_suite/export_hf.py wrote (or its copy from the Hub) works too: its weights only."""
     init_optimizer: bool = False
     """With ``init_from``: also take its AdamW moments (the parameter groups must match)."""
     async_save: bool = False

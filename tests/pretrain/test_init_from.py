@@ -92,3 +92,27 @@ def test_what_cannot_start_a_run_is_refused_by_name(source, train_shards, tmp_pa
     assert proc.returncode == 2 and "checkpoint.init_from" in proc.stderr and message in proc.stderr, proc.stderr[-800:]
     assert not os.path.exists(tmp_path / "new" / "latest")
     assert json.loads((source / "iter_0000008" / "train_state.json").read_text())["step"] == 8  # untouched
+
+
+def test_a_hugging_face_export_starts_a_run_with_its_weights(source, train_shards, tmp_path):
+    """export_hf.py's folder as init_from (lr 0): the new run's weights are the source's, but for the
+    vocabulary padding rows the export drops (zeros after the import)."""
+    from eval_suite.export_hf import export
+
+    hf = export(str(source), str(tmp_path / "hf"))
+    new = tmp_path / "new"
+    proc = train_main(tiny_overrides(train_shards, new, **{
+        "schedule.train_steps": 1, "optim.lr": 0.0, "optim.min_lr": 0.0, "optim.weight_decay": 0.0,
+        "checkpoint.init_from": hf}), check=True)
+    assert f"initialised from {hf} (step 8 of its run)" in proc.stdout
+    theirs, ours = pieces(source / "iter_0000008"), pieces(new / "iter_0000001")
+    assert sorted(ours) == sorted(theirs)
+    vocab = load_config(str(TINY_CONFIG), tiny_overrides(train_shards, new)).model_config().vocab_size
+    for name in theirs:
+        if name.endswith(("word_embeddings.weight", "output_layer.weight")):
+            assert torch.equal(ours[name][:vocab], theirs[name][:vocab]) and not ours[name][vocab:].any(), name
+        else:
+            assert torch.equal(ours[name], theirs[name]), name
+    with pytest.raises(ckpt.CheckpointError, match="holds no optimizer state"):
+        model = build_model(load_config(str(TINY_CONFIG), tiny_overrides(train_shards, new)).model_config())
+        ckpt.init_from(hf, model, object())
