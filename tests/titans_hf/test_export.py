@@ -83,3 +83,33 @@ def test_bad_inputs_write_nothing(exported, checkpoints, tmp_path):
     assert os.listdir(taken) == ["keep.txt"] and (taken / "keep.txt").read_text() == "mine"
     assert not os.path.exists(tmp_path / "out")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
+
+
+def test_lm_eval_hf_model_gives_our_adapters_answers(exported, checkpoints, monkeypatch):
+    """lm-eval's own `hf` model on the exported folder (trust_remote_code, BOS first as in training) and
+    our adapter on the checkpoint: the same log-likelihood per choice and the same greedy generations."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import eval_suite.harness  # noqa: F401  (registers our adapter as lm-eval's "titans")
+    from tests.helpers import ROOT
+
+    monkeypatch.chdir(ROOT)  # the task YAMLs' data files are relative to it
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = ["titans_test_mc", "titans_test_gen"]
+
+    def run(model, args):
+        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=tasks, bootstrap_iters=0, log_samples=True,
+                                      task_manager=TaskManager(include_path=str(ROOT / "tests" / "eval_suite" / "tasks"),
+                                                               include_defaults=False))
+        return {t: sorted(out["samples"][t], key=lambda s: s["doc_id"]) for t in tasks}
+
+    # max_length: lm-eval cuts contexts to it (default: the training context, 32 tokens here, which
+    # would cut these prompts); ours reads any length, as the model does in pieces
+    theirs = run("hf", f"pretrained={exported},trust_remote_code=True,add_bos_token=True,batch_size=1,device=cpu,"
+                       "dtype=float32,max_length=512")
+    ours = run("titans", f"checkpoint={checkpoints['mag']},batch_size=3")
+    for a, b in zip(theirs["titans_test_mc"], ours["titans_test_mc"]):
+        assert [r[0] for r in a["filtered_resps"]] == pytest.approx([r[0] for r in b["filtered_resps"]], abs=1e-4)
+    assert len(theirs["titans_test_mc"]) == len(ours["titans_test_mc"]) > 0
+    assert [s["filtered_resps"] for s in theirs["titans_test_gen"]] == [s["filtered_resps"] for s in ours["titans_test_gen"]]
