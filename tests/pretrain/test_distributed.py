@@ -46,6 +46,22 @@ def test_checkpoint_loads_at_another_tensor_parallel_size_with_the_same_logits(l
     torch.testing.assert_close(at1[str(checkpoints[0])], at1[str(checkpoints[1])], rtol=1e-3, atol=1e-3)
 
 
+def test_hugging_face_export_of_a_tensor_parallel_2_checkpoint_gives_its_logits(layout_runs, tmp_path):
+    """eval_suite/export_hf.py on checkpoints saved at TP 1 and TP 2: the Hugging Face model's logits are
+    the checkpoint's (loaded in one process)."""
+    from eval_suite.export_hf import export
+    from tests.pretrain.logits_worker import logits
+    from titans_hf import TitansForCausalLM
+
+    for run in ("tp1", "tp2"):
+        expected = logits([layout_runs / run])[str(layout_runs / run)]
+        model = TitansForCausalLM.from_pretrained(export(str(layout_runs / run), str(tmp_path / run))).eval()
+        ids = torch.randint(0, model.config.vocab_size, (2, model.config.max_position_embeddings),
+                            generator=torch.Generator().manual_seed(7))  # logits_worker's ids
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, expected.float(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("saved, other", [(2, 1), (1, 2)])
 def test_training_continues_at_another_tensor_parallel_size(layout_runs, train_shards, tmp_path, saved, other):
     """Model and AdamW state resharded: steps 7 and 8 resumed at the other size are the saving run's own."""
