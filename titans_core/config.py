@@ -5,7 +5,6 @@ titans_megatron.TitansConfig is Megatron-core's ``TransformerConfig`` plus these
 models read one definition. Invalid combinations fail at construction with a message naming the field.
 """
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -183,10 +182,6 @@ class TitansFields:
 
 
 
-def titans_field_names() -> tuple:
-    return tuple(f.name for f in dataclasses.fields(TitansFields))
-
-
 @dataclass
 class CoreConfig(TitansFields):
     """TitansFields plus the transformer's widths, named as Megatron-core's TransformerConfig names them
@@ -204,6 +199,12 @@ class CoreConfig(TitansFields):
     sequence_parallel: bool = False
     init_method: Optional[Callable] = None
     output_layer_init_method: Optional[Callable] = None
+    # Gated DeltaNet's widths (variant gdn), TransformerConfig's names and defaults.
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
 
     def __post_init__(self):
         self.check_titans_fields()

@@ -14,7 +14,9 @@ from .config import CoreConfig, TitansFields
 
 # Fields of TitansFields the Hugging Face config holds under their standard names instead.
 _STANDARD = {"vocab_size": "vocab_size", "seq_length": "max_position_embeddings"}
-HF_VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++")
+HF_VARIANTS = ("lmm", "mac", "mag", "mal", "transformer++", "gdn")
+GDN_WIDTHS = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads",
+              "linear_num_value_heads")
 
 
 class TitansHFConfig(PreTrainedConfig):
@@ -42,6 +44,8 @@ class TitansHFConfig(PreTrainedConfig):
                 default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
                 value = kwargs.pop(field.name, getattr(self, field.name, default))
                 setattr(self, field.name, list(value) if isinstance(value, tuple) else value)
+        for name in GDN_WIDTHS:  # Gated DeltaNet's widths (TransformerConfig's names and defaults)
+            setattr(self, name, kwargs.pop(name, getattr(self, name, CoreConfig.__dataclass_fields__[name].default)))
         if "seq_length" in kwargs:
             self.max_position_embeddings = kwargs.pop("seq_length")
         super().__post_init__(**kwargs)
@@ -56,5 +60,5 @@ class TitansHFConfig(PreTrainedConfig):
         return CoreConfig(**titans, vocab_size=self.vocab_size, num_layers=self.num_hidden_layers,
                           hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
                           ffn_hidden_size=self.intermediate_size, layernorm_epsilon=self.rms_norm_eps,
-                          init_method_std=self.initializer_range,
+                          init_method_std=self.initializer_range, **{n: getattr(self, n) for n in GDN_WIDTHS},
                           params_dtype=dtype or torch.get_default_dtype())

@@ -19,6 +19,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .gated_delta_net import GatedDeltaNetMixer
 from .hf_cache import TitansCache
 from .hf_config import TitansHFConfig
 from .mixers import MIXERS, SlidingWindowMixer
@@ -49,7 +50,10 @@ class TitansBlock(nn.Module):
         self.residual_attention = config.variant == "mal" and config.mal_residual and config.has_memory
         variant = "lmm" if self.residual_attention else config.variant
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype)
-        self.mixer = MIXERS[variant](config, submodules=parallel, layer_number=layer_number)
+        if variant == "gdn":
+            self.mixer = GatedDeltaNetMixer(config, layer_number=layer_number)
+        else:
+            self.mixer = MIXERS[variant](config, submodules=parallel, layer_number=layer_number)
         if self.residual_attention:
             self.attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
             self.attention_mixer = SlidingWindowMixer(config, submodules=parallel, layer_number=layer_number)

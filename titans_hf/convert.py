@@ -15,9 +15,10 @@ import dataclasses
 import re
 
 import torch
+import torch.nn.functional as F
 
 from titans_core.config import TitansFields
-from titans_core.hf_config import HF_VARIANTS, TitansHFConfig
+from titans_core.hf_config import GDN_WIDTHS, HF_VARIANTS, TitansHFConfig
 
 _LAYER = {"input_layernorm": "input_layernorm", "self_attention": "mixer",
           "pre_cross_attn_layernorm": "attention_layernorm", "cross_attention": "attention_mixer",
@@ -31,14 +32,15 @@ def hf_config(config, **token_ids) -> TitansHFConfig:
     """The Hugging Face config of a training config (titans_megatron.TitansConfig)."""
     if config.variant not in HF_VARIANTS:
         raise ValueError(f"variant {config.variant!r} has no Hugging Face model yet (exportable: {list(HF_VARIANTS)})")
-    if not config.gated_linear_unit or config.add_bias_linear:
-        raise ValueError("the Hugging Face model has SwiGLU MLPs without biases, as every preset does")
+    if not config.gated_linear_unit or config.add_bias_linear or config.activation_func is not F.silu:
+        raise ValueError("the Hugging Face model has SwiGLU MLPs (SiLU, no biases), as every preset does")
     titans = {f.name: getattr(config, f.name) for f in dataclasses.fields(TitansFields)}
     titans["memory_backend"], titans["attention_backend"] = "auto", "auto"  # the loading machine's best
     return TitansHFConfig(**titans, hidden_size=config.hidden_size, intermediate_size=config.ffn_hidden_size,
                           num_hidden_layers=config.num_layers, num_attention_heads=config.num_attention_heads,
                           rms_norm_eps=config.layernorm_epsilon, initializer_range=config.init_method_std,
-                          architectures=["TitansForCausalLM"], **token_ids)
+                          architectures=["TitansForCausalLM"], **{n: getattr(config, n) for n in GDN_WIDTHS},
+                          **token_ids)
 
 
 def hf_state_dict(state: dict, config) -> dict:

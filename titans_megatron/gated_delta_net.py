@@ -2,14 +2,16 @@
 ``GatedDeltaNet`` module in the ``self_attention`` slot of our Llama-style block.
 
 Upstream's module, parameters and checkpoint layout (``in_proj`` split into query/key/value/z/beta/
-alpha, ``conv1d`` into query/key/value, heads split across tensor-parallel ranks) are kept; this
-subclass adds what the upstream forward lacks:
+alpha, ``conv1d`` into query/key/value, heads split across tensor-parallel ranks) are kept; its forward
+is titans_core.gated_delta_net's (shared with the Hugging Face model), which adds what upstream's lacks:
 
 - a stream state: the recurrent state S [b, H_l, d_k, d_v] and the conv's last K-1 inputs carried
   between the pieces of ``TitansLM.stream`` (upstream starts every call from zero);
 - a path that needs no GPU: Megatron's torch chunked delta rule and a torch L2 norm where CUDA is
   absent (fla's kernels, Triton, run on CUDA), and the gated output norm uncompiled (upstream wraps it
   in torch.compile, 20 s per shape on CPU);
+
+and this subclass:
 - weights drawn whole and sliced per rank, so a model holds the same weights at every
   tensor-parallel size (upstream draws the conv and gates per rank), with the gate initialisation of
   fla's layer (the GDN paper's) or Megatron's (``config.gdn_dt_init``, docs/model.md).
@@ -20,18 +22,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.ssm import gated_delta_net as upstream
 
+from titans_core.gated_delta_net import GatedDeltaNetForward, initial_dt_bias, torch_l2norm
 from titans_megatron.parallel import tp_rank
-from titans_core.stream_state import StreamState
-
-
-def torch_l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """fla's l2norm (x / sqrt(sum x^2 + eps), in fp32) without Triton."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 @contextlib.contextmanager
@@ -56,16 +51,7 @@ def rank_rows(full: torch.Tensor, parts, tp: int, rank: int) -> torch.Tensor:
     return torch.cat([p.chunk(tp, dim=0)[rank] for p in pieces], dim=0)
 
 
-def initial_dt_bias(config, heads: int) -> torch.Tensor:
-    """softplus^-1(dt), dt log-uniform in ``gdn_dt_init`` (fla's layer, Mamba-2's), or Megatron's ones."""
-    if config.gdn_dt_init is None:
-        return torch.ones(heads)
-    lo, hi = (math.log(x) for x in config.gdn_dt_init)
-    dt = torch.exp(torch.rand(heads) * (hi - lo) + lo)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
-class GatedDeltaNetMixer(StreamState, upstream.GatedDeltaNet):
+class GatedDeltaNetMixer(GatedDeltaNetForward, upstream.GatedDeltaNet):
     """Megatron-core's GatedDeltaNet, streamable and runnable on CPU (module docstring)."""
 
     def __init__(self, config, submodules, layer_number=None, pg_collection=None, **kwargs):
@@ -97,53 +83,9 @@ class GatedDeltaNetMixer(StreamState, upstream.GatedDeltaNet):
         self.A_log.copy_(torch.log(A).chunk(tp)[r])
         self.dt_bias.copy_(initial_dt_bias(cfg, H).chunk(tp)[r])
 
-    def forward(self, hidden_states, attention_mask=None, inference_context=None, packed_seq_params=None, **kwargs):
-        """Upstream's forward ([s, b, h] -> (out, bias)), with the stream state and the CPU path."""
-        if inference_context is not None or packed_seq_params is not None:
-            raise NotImplementedError("variant gdn: Megatron's inference context and packed sequences are not "
-                                      "supported; stream with TitansLM.stream")
-        state = self.stream_slot("gdn")
-        qkvzba, _ = self.in_proj(hidden_states)  # gathers the sequence under sequence parallelism
-        s, b = qkvzba.shape[:2]
-        qkv, gate, beta, alpha = torch.split(
-            qkvzba.transpose(0, 1),
-            [self.conv_dim_local_tp, self.v_dim // self.tp_size, self.num_v_heads_local_tp, self.num_v_heads_local_tp],
-            dim=-1)
-        qkv = self.causal_conv(qkv.transpose(1, 2), state).transpose(1, 2)
-        query, key, value = torch.split(
-            qkv, [self.qk_dim // self.tp_size, self.qk_dim // self.tp_size, self.v_dim // self.tp_size], dim=-1)
-        query = query.reshape(b, s, -1, self.key_head_dim)
-        key = key.reshape(b, s, -1, self.key_head_dim)
-        value = value.reshape(b, s, -1, self.value_head_dim).contiguous()
-        fla = qkv.is_cuda and not self.config.deterministic_mode
-        if self.use_qk_l2norm:
-            norm = upstream.l2norm if fla else torch_l2norm
-            query, key = norm(query.contiguous()), norm(key.contiguous())
-        groups = self.num_value_heads // self.num_key_heads
-        if groups > 1:
-            query = query.repeat_interleave(groups, dim=2)
-            key = key.repeat_interleave(groups, dim=2)
-        g = -self.A_log.exp() * F.softplus(alpha.float() + self.dt_bias)  # log decay, fp32
-        rule = upstream.chunk_gated_delta_rule if fla else upstream.torch_chunk_gated_delta_rule
-        out, final = rule(query.contiguous(), key.contiguous(), value, g=g, beta=beta.sigmoid().contiguous(),
-                          initial_state=None if state is None else state.get("recurrent"),
-                          output_final_state=state is not None, use_qk_l2norm_in_kernel=False)
-        if state is not None:
-            state["recurrent"] = final
-        gate = gate.reshape(b, s, -1, self.value_head_dim)
-        y = (self.out_norm(out) * self.act_fn(gate.float())).to(out.dtype)  # upstream's _apply_gated_norm
-        return self.out_proj(y.reshape(b, s, -1).transpose(0, 1).contiguous())
-
-    def causal_conv(self, x, state):
-        """SiLU(depthwise causal conv) of [b, d, s]; a stream prepends the previous piece's last K-1 inputs."""
-        if state is None and upstream.causal_conv1d_fn is not None and x.is_cuda and not self.config.deterministic_mode:
-            return upstream.causal_conv1d_fn(x=x.contiguous(), weight=self.conv1d.weight.squeeze(1),
-                                              bias=self.conv1d.bias, activation=self.activation)
-        K = self.conv_kernel_dim
-        past = None if state is None else state.get("conv")
-        if past is None:
-            past = x.new_zeros(x.shape[0], x.shape[1], K - 1)
-        padded = torch.cat([past, x], dim=-1)
-        if state is not None:
-            state["conv"] = padded[..., padded.shape[-1] - (K - 1):]
-        return self.act_fn(F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=x.shape[1]))
+    def kernels(self, x):
+        """fla's kernels on CUDA (unless deterministic mode asks for upstream's torch rule), else torch."""
+        fla = x.is_cuda and not self.config.deterministic_mode
+        if fla:
+            return upstream.l2norm, upstream.chunk_gated_delta_rule, upstream.causal_conv1d_fn
+        return torch_l2norm, upstream.torch_chunk_gated_delta_rule, None

@@ -9,7 +9,7 @@ from titans_hf.convert import hf_config, hf_state_dict, megatron_state_dict
 from titans_megatron import build_model
 from tests.titans_megatron.model_configs import small_config
 
-HF_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own"]
+HF_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own", "gdn"]
 
 
 def pair(variant, seed=3, **overrides):
@@ -36,7 +36,7 @@ def test_logits_equal_the_megatron_model(variant):
                                        msg=lambda m: f"{variant} T={length}: {m}")
 
 
-@pytest.mark.parametrize("variant", ["lmm", "mag", "mal-res", "mac", "transformer++"])
+@pytest.mark.parametrize("variant", ["lmm", "mag", "mal-res", "mac", "transformer++", "gdn"])
 def test_cache_is_the_streaming_state_and_pieces_equal_one_pass(variant):
     config, megatron, model = pair(variant)
     x = ids(config, 90, batch=1)
@@ -70,7 +70,7 @@ def test_cache_is_the_streaming_state_and_pieces_equal_one_pass(variant):
             assert ours[name] == value, name
 
 
-@pytest.mark.parametrize("variant", ["mag", "mac", "mal"])
+@pytest.mark.parametrize("variant", ["mag", "mac", "mal", "gdn"])
 def test_greedy_generate_equals_the_streaming_api(variant):
     config, megatron, model = pair(variant)
     prompt = ids(config, 2 * config.seq_length + 5, batch=1)  # a prompt longer than the context
@@ -146,5 +146,5 @@ def test_padding_and_unknown_variant_are_refused():
     x = ids(config, 8)
     with pytest.raises(ValueError, match="padded inputs"):
         model(x, attention_mask=torch.tensor([[0] * 2 + [1] * 6, [1] * 8]))
-    with pytest.raises(ValueError, match="gdn"):
-        hf_config(small_config("gdn"))
+    with pytest.raises(ValueError, match="no Hugging Face model"):
+        titans_hf.TitansHFConfig(variant="rwkv")
