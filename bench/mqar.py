@@ -45,6 +45,7 @@ from bench.outputs import cpu_description, write_report  # noqa: E402
 from pretrain.config import OptimSection  # noqa: E402
 from pretrain.param_groups import parameter_groups  # noqa: E402
 from pretrain.schedule import learning_rate  # noqa: E402
+from titans_core.config import TitansFields  # noqa: E402
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 
 REQUIRED = ("model", "task", "optim", "train", "eval", "sweep", "arms")
@@ -194,8 +195,8 @@ def resolved_model(cfg: dict, arm: str) -> dict:
     fields count only where a memory exists (a memory default changed does not retrain Transformer++), Gated
     DeltaNet's only for it."""
     model = model_config(cfg, cfg["arms"][arm], seq_length=4 * cfg["model"]["window_size"])
-    own = [f.name for f in dataclasses.fields(TitansConfig) if f.name in TitansConfig.__annotations__
-           and (model.has_memory or not f.name.startswith("memory_"))
+    own = [f.name for f in dataclasses.fields(TitansFields)
+           if (model.has_memory or not f.name.startswith("memory_"))
            and (model.variant == "gdn" or not f.name.startswith("gdn_"))]
     widths = GATED_DELTA_NET_FIELDS if model.variant == "gdn" else ()
     return {k: getattr(model, k) for k in (*own, *MEGATRON_FIELDS, *widths) if k != "seq_length"}
