@@ -113,3 +113,20 @@ def test_lm_eval_hf_model_gives_our_adapters_answers(exported, checkpoints, monk
         assert [r[0] for r in a["filtered_resps"]] == pytest.approx([r[0] for r in b["filtered_resps"]], abs=1e-4)
     assert len(theirs["titans_test_mc"]) == len(ours["titans_test_mc"]) > 0
     assert [s["filtered_resps"] for s in theirs["titans_test_gen"]] == [s["filtered_resps"] for s in ours["titans_test_gen"]]
+
+
+def test_a_variant_without_a_hugging_face_model_is_refused(checkpoints, tmp_path, monkeypatch):
+    import titans_core.hf_config
+
+    monkeypatch.setattr(titans_core.hf_config, "HF_VARIANTS", ("lmm",))
+    with pytest.raises(EvalInputError, match="variant 'mag' has no Hugging Face model"):
+        export(str(checkpoints["mag"]), str(tmp_path / "out"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_command_line_names_the_problem(tmp_path):
+    from tests.helpers import ROOT
+
+    proc = subprocess.run([sys.executable, "eval_suite/export_hf.py", "--checkpoint", str(tmp_path / "nope"),
+                           "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"checkpoint {tmp_path / 'nope'}: no such folder" in proc.stderr, proc.stderr
