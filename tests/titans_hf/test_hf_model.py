@@ -148,3 +148,18 @@ def test_padding_and_unknown_variant_are_refused():
         model(x, attention_mask=torch.tensor([[0] * 2 + [1] * 6, [1] * 8]))
     with pytest.raises(ValueError, match="no Hugging Face model"):
         titans_hf.TitansHFConfig(variant="rwkv")
+
+
+@pytest.mark.parametrize("variant", ["mac", "gdn"])
+def test_labels_give_the_training_loss_and_gradients(variant):
+    """transformers' loss (labels shifted inside) is the mean next-token loss of the Megatron model, and
+    it back-propagates into every parameter (fine-tuning with transformers' tools works)."""
+    config, megatron, model = pair(variant)
+    x = ids(config, 40)
+    out = model(x, labels=x)
+    with torch.no_grad():
+        expected = megatron(x[:, :-1], labels=x[:, 1:]).mean()
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
