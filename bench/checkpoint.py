@@ -143,8 +143,8 @@ def worker(cfg: dict, spec: dict, out: str) -> None:
                                                 [{}], config_dict, layout, keep=0))
         sharded_folder = ckpt.iteration_dir(os.path.join(root, f"sharded_{i}"), 1)
         if previous == "save and load":
-            timed("load_previous", lambda: ckpt._restore_legacy(folder, model, opt.checkpoint_state, tensor))
-        timed("load_sharded", lambda: ckpt._restore_sharded(sharded_folder, model, opt.checkpoint_state))
+            timed("load_previous", lambda: ckpt.restore_legacy(folder, model, opt.checkpoint_state, tensor))
+        timed("load_sharded", lambda: ckpt.restore_sharded(sharded_folder, model, opt.checkpoint_state))
         if layout.is_main:  # keep the disk's free space
             shutil.rmtree(folder)
             shutil.rmtree(os.path.join(root, f"sharded_{i}"))

@@ -247,16 +247,16 @@ def missing_files(folder: str, state: TrainState) -> str:
     return sharded.incomplete(folder)
 
 
-def _restore_legacy(folder: str, model, optimizer, saved_tp: int) -> None:
+def restore_legacy(folder: str, model, optimizer, saved_tp: int) -> None:
     resharding.load_model(model, _read_all(folder, "model", saved_tp))
     if optimizer is not None:
         resharding.load_optimizer(model, optimizer, _read_all(folder, "optimizer", saved_tp))
 
 
-def _restore_sharded(folder: str, model, optimizer) -> None:
+def restore_sharded(folder: str, model, optimizer) -> None:
     """Every rank reads the boxes of the saved chunks it needs for its own shards (any layout)."""
     saved = sharded.saved_tensors(folder)
-    placements, state = resharding._placements(model), model.state_dict()
+    placements, state = resharding.placements_of(model), model.state_dict()
     chunks, targets = [], {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
@@ -289,9 +289,9 @@ def _restore(folder: str, model, optimizer, saved_tp: int) -> None:
     """Model (and optimizer) state from ``folder`` at this run's layout, whatever layout it was saved at."""
     try:
         if _legacy(folder):
-            _restore_legacy(folder, model, optimizer, saved_tp)
+            restore_legacy(folder, model, optimizer, saved_tp)
         else:
-            _restore_sharded(folder, model, optimizer)
+            restore_sharded(folder, model, optimizer)
     except (resharding.ReshardError, sharded.ShardError, moments.MomentError) as e:
         raise CheckpointError(f"{folder}: {e}") from e
 

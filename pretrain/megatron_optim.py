@@ -20,6 +20,7 @@ from typing import Dict
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pretrain import moments as moments_
 from pretrain.moments import MOMENTS
 from pretrain.param_groups import no_decay, parameter_groups
 
@@ -199,11 +200,7 @@ def load_moment_slices(ddp_model, optimizer, moments: Dict[str, Dict[str, torch.
     names = {p: n for n, p in ddp_model.module.named_parameters()}
     held = _held_ranges(ddp_model, optimizer)
     if not hasattr(inner, "gbuf_ranges"):
-        for p, name in names.items():
-            if name in moments:
-                inner.optimizer.state[p] = {"step": torch.tensor(float(step_count)),
-                                            **{k: v.view(p.shape).to(p.device, p.dtype).clone()
-                                               for k, v in moments[name].items()}}
+        moments_.set_whole(inner.optimizer.state, ((n, p) for p, n in names.items()), moments, step_count)
         return
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "step": step_count} for g in inner.optimizer.param_groups]
     with cuda_as_cpu():

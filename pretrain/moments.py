@@ -76,7 +76,12 @@ def load(model, optimizer, moments: Dict[str, Dict[str, torch.Tensor]], step: in
         return
     for group, saved in zip(optimizer.param_groups, saved_groups):
         group.update({k: v for k, v in saved.items() if k != "params"})
-    for name, p in model.named_parameters():
+    set_whole(optimizer.state, model.named_parameters(), moments, step)
+
+
+def set_whole(state: dict, named_parameters, moments: Dict[str, Dict[str, torch.Tensor]], step: int) -> None:
+    """torch AdamW's per-parameter state from whole flat moments ({name: {moment: flat tensor}})."""
+    for name, p in named_parameters:
         if name in moments:
-            optimizer.state[p] = {"step": torch.tensor(float(step)),
-                                  **{k: v.view(p.shape).to(p.device, p.dtype).clone() for k, v in moments[name].items()}}
+            state[p] = {"step": torch.tensor(float(step)),
+                        **{k: v.view(p.shape).to(p.device, p.dtype).clone() for k, v in moments[name].items()}}

@@ -18,6 +18,8 @@ from typing import Dict, List, Tuple
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
+from pretrain import moments as moments_
+
 FORMAT = "titans-tp-pieces-1"
 
 Piece = Tuple[str, Tuple[int, ...], Tuple[int, ...], torch.Tensor]  # name, global shape, global offset, data
@@ -27,7 +29,7 @@ class ReshardError(Exception):
     pass
 
 
-def _placements(model) -> Dict[str, object]:
+def placements_of(model) -> Dict[str, object]:
     """state-dict key -> its ShardedTensor or ShardedTensorFactory (None: replicated as a whole)."""
     sharded = model.sharded_state_dict()
     return {k: v if isinstance(v, (ShardedTensor, ShardedTensorFactory)) else None for k, v in sharded.items()}
@@ -48,7 +50,7 @@ def _replace_leaves(tree, tensors: List[torch.Tensor]):
     return type(tree)(_replace_leaves(v, tensors) for v in tree)
 
 
-def _split(name: str, placement, tensor: torch.Tensor):
+def split_pieces(name: str, placement, tensor: torch.Tensor):
     """The pieces of this rank's ``tensor`` and the sub-state-dict a factory merges them back from."""
     if placement is None:
         return [(name, tuple(tensor.shape), (0,) * tensor.dim(), tensor)], None
@@ -107,7 +109,7 @@ def _index(files: List[dict]) -> Dict[str, list]:
 
 
 def _gather_local(name: str, placement, like: torch.Tensor, saved: Dict[str, list]) -> torch.Tensor:
-    pieces, tree = _split(name, placement, like)
+    pieces, tree = split_pieces(name, placement, like)
     blocks = []
     for piece_name, shape, offset, data in pieces:
         block = torch.empty(data.shape, dtype=data.dtype)  # on the CPU: load_state_dict moves it
@@ -117,11 +119,11 @@ def _gather_local(name: str, placement, like: torch.Tensor, saved: Dict[str, lis
 
 
 def model_pieces(model) -> dict:
-    placements = _placements(model)
+    placements = placements_of(model)
     pieces, extra = [], {}
     for key, value in model.state_dict(keep_vars=False).items():
         if isinstance(value, torch.Tensor):
-            pieces += _split(key, placements.get(key), value.detach().cpu())[0]
+            pieces += split_pieces(key, placements.get(key), value.detach().cpu())[0]
         else:
             extra[key] = value  # Transformer Engine's _extra_state and the like: kept per rank
     return {"format": FORMAT, "pieces": pieces, "extra": extra}
@@ -130,7 +132,7 @@ def model_pieces(model) -> dict:
 def _check_names(placements: Dict[str, object], state: dict, saved: Dict[str, list]) -> None:
     """The checkpoint holds exactly the model's tensors (by piece name), or the differences are named."""
     needed = {name for key, value in state.items() if isinstance(value, torch.Tensor)
-              for name, *_ in _split(key, placements.get(key), value)[0]}
+              for name, *_ in split_pieces(key, placements.get(key), value)[0]}
     missing, extra = sorted(needed - set(saved)), sorted(set(saved) - needed)
     if missing or extra:
         raise ReshardError(f"the checkpoint holds other parameters than the model: {len(missing)} missing from it "
@@ -139,7 +141,7 @@ def _check_names(placements: Dict[str, object], state: dict, saved: Dict[str, li
 
 def load_model(model, files: List[dict]) -> None:
     """Fill ``model`` (this rank's shards) from the pieces of every saved tensor-parallel rank."""
-    placements, saved = _placements(model), _index(files)
+    placements, saved = placements_of(model), _index(files)
     state = model.state_dict()
     _check_names(placements, state, saved)
     for key, value in state.items():
@@ -150,13 +152,13 @@ def load_model(model, files: List[dict]) -> None:
 
 def optimizer_pieces(model, optimizer) -> dict:
     """AdamW state by parameter name: moments split like their parameter, scalars (step) whole."""
-    placements, names = _placements(model), {p: n for n, p in model.named_parameters()}
+    placements, names = placements_of(model), {p: n for n, p in model.named_parameters()}
     pieces, moments, scalars = [], {}, {}
     for p, state in optimizer.state.items():
         name = names[p]
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() and value.shape == p.shape:
-                pieces += _split(f"{name}#{key}", placements.get(name), value.detach().cpu())[0]
+                pieces += split_pieces(f"{name}#{key}", placements.get(name), value.detach().cpu())[0]
                 moments.setdefault(name, []).append(key)
             else:
                 scalars.setdefault(name, {})[key] = value
@@ -166,12 +168,13 @@ def optimizer_pieces(model, optimizer) -> dict:
 
 
 def load_optimizer(model, optimizer, files: List[dict]) -> None:
-    placements, saved = _placements(model), _index(files)
+    placements, saved = placements_of(model), _index(files)
     names = {p: n for n, p in model.named_parameters()}
     saved_groups = files[0]["groups"]
-    if len(saved_groups) != len(optimizer.param_groups):
-        raise ReshardError(f"the checkpoint has {len(saved_groups)} parameter groups, the optimizer "
-                           f"{len(optimizer.param_groups)}")
+    try:
+        moments_.check_groups(model, optimizer, saved_groups)
+    except moments_.MomentError as e:
+        raise ReshardError(str(e)) from e
     scalars, moments = {}, {}
     for f in files:  # every rank holds them for its parameters; the values agree
         for name, values in f["scalars"].items():
@@ -181,10 +184,6 @@ def load_optimizer(model, optimizer, files: List[dict]) -> None:
     state, groups, index = {}, [], 0
     for saved_group, group in zip(saved_groups, optimizer.param_groups):
         current = [names[p] for p in group["params"]]
-        if saved_group["params"] != current:
-            missing = sorted(set(saved_group["params"]) ^ set(current))
-            raise ReshardError(f"parameter group {saved_group.get('name', len(groups))!r} holds other parameters "
-                               f"in the checkpoint (differing: {missing[:3]})")
         groups.append({**saved_group, "params": list(range(index, index + len(current)))})
         for p, name in zip(group["params"], current):
             entry = dict(scalars.get(name, {}))

@@ -91,7 +91,7 @@ def range_chunks(key: str, placement, local: torch.Tensor, start: int, end: int,
     """The chunks of ``flat`` (elements ``start:end`` of the flattened local shard ``local`` of the
     parameter whose state-dict key is ``key``; ``flat`` may be the shard itself, or a moment): placed
     through the parameter's pieces (pretrain/resharding.py), which are contiguous views of ``local``."""
-    pieces, _ = resharding._split(key, placement, local.detach())
+    pieces, _ = resharding.split_pieces(key, placement, local.detach())
     out = []
     for name, shape, offset, view in pieces:
         if view.numel() == 0:
@@ -112,7 +112,7 @@ def range_chunks(key: str, placement, local: torch.Tensor, start: int, end: int,
 
 def model_chunks(model) -> List[Chunk]:
     """This rank's tensor-parallel shard of every tensor of ``model`` (parameters and buffers)."""
-    placements = resharding._placements(model)
+    placements = resharding.placements_of(model)
     out = []
     for key, value in model.state_dict(keep_vars=False).items():
         if isinstance(value, torch.Tensor):
@@ -124,7 +124,7 @@ def model_chunks(model) -> List[Chunk]:
 def moment_chunks(model, slices: Dict[str, tuple]) -> List[Chunk]:
     """Chunks of the AdamW moments: ``slices`` {parameter name: (start, end, {moment: flat tensor})},
     the flat range of the local shard this rank's optimizer holds."""
-    placements, params = resharding._placements(model), dict(model.named_parameters())
+    placements, params = resharding.placements_of(model), dict(model.named_parameters())
     out = []
     for name, (start, end, moments) in slices.items():
         for moment, flat in moments.items():

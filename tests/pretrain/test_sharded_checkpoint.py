@@ -51,7 +51,7 @@ def test_flat_ranges_of_every_tensor_save_and_read_back_whole(variant, tmp_path)
     SwiGLU's halves and rows), every range's chunks saved; read back whole, each tensor is the original.
     And the reverse: saved whole, each range reads back its own elements."""
     _, model, _ = trained(variant, seed=1)
-    placements, rng = resharding._placements(model), random.Random(0)
+    placements, rng = resharding.placements_of(model), random.Random(0)
     chunks, tensors = [], {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     for key, value in tensors.items():
         cuts = split_points(value.numel(), 3, rng) if value.numel() >= 3 else [0, value.numel()]
@@ -63,7 +63,7 @@ def test_flat_ranges_of_every_tensor_save_and_read_back_whole(variant, tmp_path)
     sharded.save(str(tmp_path / "whole"), sharded.model_chunks(model), group)
     assert whole.keys() == sharded.read_whole(str(tmp_path / "whole")).keys()
     for key, value in tensors.items():
-        pieces, _ = resharding._split(key, placements.get(key), value)
+        pieces, _ = resharding.split_pieces(key, placements.get(key), value)
         for name, shape, offset, data in pieces:
             _, at, size = sharded._view2d(name, shape, offset, data.shape)
             box = whole[name][tuple(slice(o, o + n) for o, n in zip(at, size))]
