@@ -132,3 +132,38 @@ def test_command_line_names_the_problem(tmp_path):
     proc = subprocess.run([sys.executable, "eval_suite/export_hf.py", "--checkpoint", str(tmp_path / "nope"),
                            "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"checkpoint {tmp_path / 'nope'}: no such folder" in proc.stderr, proc.stderr
+
+
+def test_every_kind_of_mixer_loads_from_the_folders_own_code(tmp_path):
+    """The exported code path for the variants the trained checkpoint above does not cover (Gated
+    DeltaNet, MAC's own-query retrieval, MAL's residual sublayers): a folder written with the exporter's
+    code files and auto_map loads through trust_remote_code with our packages blocked, same logits."""
+    from eval_suite.export_hf import AUTO_MAP, write_code
+    from tests.titans_hf.test_hf_model import ids, pair
+
+    expected, folders = {}, []
+    for variant in ("gdn", "mac-own", "mal-res"):
+        config, _, model = pair(variant)
+        model.config.auto_map = dict(AUTO_MAP)
+        folder = tmp_path / variant
+        model.save_pretrained(folder)
+        write_code(str(folder))
+        with torch.no_grad():
+            expected[str(folder)] = model(ids(config, 50, batch=1)).logits[0]
+        folders.append((str(folder), ids(config, 50, batch=1)[0].tolist()))
+    script = REMOTE.split("folder, ids = ")[0] + textwrap.dedent("""
+        out = {}
+        for folder, ids in json.loads(sys.argv[1]):
+            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                out[folder] = model(torch.tensor([ids])).logits[0].tolist()
+        print("RESULT " + json.dumps(out))
+    """)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(folders)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0 and "RESULT " in proc.stdout, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.split("RESULT ")[-1].splitlines()[0])
+    for folder, logits in expected.items():
+        torch.testing.assert_close(torch.tensor(got[folder]), logits, rtol=1e-5, atol=1e-5, msg=lambda m: f"{folder}: {m}")
