@@ -33,6 +33,20 @@ class TitansConfig(TransformerConfig, TitansFields):
         if self.variant == "gdn":
             self._check_gated_delta_net()
         self.check_titans_combinations()
+        self._check_context_parallel()
+
+    def _check_context_parallel(self):
+        """Heads are split across tensor x context-parallel ranks (titans_megatron/context_parallel.py)."""
+        cp, group = self.context_parallel_size, self.tensor_model_parallel_size * self.context_parallel_size
+        if cp == 1:
+            return
+        heads = ("linear_num_key_heads", "linear_num_value_heads") if self.variant == "gdn" else ("num_attention_heads",)
+        for name in heads:
+            if getattr(self, name) % group:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of tensor_model_parallel_size x "
+                                 f"context_parallel_size ({group}): each of those ranks runs whole heads")
+        raise ValueError(f"context_parallel_size {cp}: the mixers do not run context-parallel yet (the layouts "
+                         "are in titans_megatron/context_parallel.py); use 1")
 
     def _check_gated_delta_net(self):
         if self.gdn_dt_init is not None:

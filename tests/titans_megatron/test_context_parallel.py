@@ -1,0 +1,62 @@
+"""Context parallelism's layouts: the all-to-all between sequence shards and head shards over gloo,
+against the same tensors whole (values and gradients), and the per-head parameter slices."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT
+from titans_megatron.context_parallel import local_heads, split_sequence
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("cp", [2, 4])
+def test_to_heads_and_back_over_gloo_equal_slicing_the_whole_tensors(cp, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cp}",
+           str(ROOT / "tests" / "titans_megatron" / "cp_layout_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = torch.Generator().manual_seed(0)  # the worker's draws
+    a, b = torch.randn(12, 3, 8, generator=g), torch.randn(12, 3, 4 * cp, generator=g)
+    wa, wb, wy = torch.randn(12, 3, 8 // cp, generator=g), torch.randn(12, 3, 4, generator=g), torch.randn(12 // cp, 3, 8, generator=g)
+    A, B = a.clone().requires_grad_(), b.clone().requires_grad_()
+    loss = sum((A[:, :, r * 8 // cp:(r + 1) * 8 // cp] * wa).sum() + (B[:, :, 4 * r:4 * r + 4] * wb).sum()
+               + (split_sequence(A, 0, cp, r) * wy).sum() for r in range(cp))
+    loss.backward()
+    for r in range(cp):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        assert torch.equal(got["ha"], a[:, :, r * 8 // cp:(r + 1) * 8 // cp])  # its heads, every position
+        assert torch.equal(got["hb"], b[:, :, 4 * r:4 * r + 4])
+        assert torch.equal(got["back"], split_sequence(a, 0, cp, r))  # and back to its positions, every head
+        torch.testing.assert_close(got["ga"], split_sequence(A.grad, 0, cp, r))
+        torch.testing.assert_close(got["gb"], split_sequence(B.grad, 0, cp, r))
+
+
+def test_local_heads_slices_each_section_and_passes_gradients_back():
+    p = torch.arange(24.0).reshape(12, 2).requires_grad_()
+    assert torch.equal(local_heads(p, 0, 2, 1), p[6:])
+    got = local_heads(p, 0, 2, 1, sections=(4, 4, 4))  # [q; k; v] rows, each split in two
+    assert torch.equal(got, torch.cat([p[2:4], p[6:8], p[10:12]]))
+    got.sum().backward()
+    assert p.grad[[2, 3, 6, 7, 10, 11]].eq(1).all() and p.grad.sum() == 12
+    assert local_heads(p, 0, 1, 0) is p
+
+
+def test_split_sequence_names_an_uneven_split():
+    with pytest.raises(ValueError, match="13 positions does not split into 2"):
+        split_sequence(torch.zeros(13, 1), 0, 2, 0)
+
+
+def test_config_names_heads_that_do_not_split_and_refuses_context_parallel_for_now():
+    from tests.titans_megatron.model_configs import small_config
+
+    with pytest.raises(ValueError, match=r"num_attention_heads \(2\) must be a multiple of .* \(4\)"):
+        small_config("mag", context_parallel_size=4)
+    with pytest.raises(ValueError, match="linear_num_key_heads .* must be a multiple"):
+        small_config("gdn", context_parallel_size=4)
+    with pytest.raises(ValueError, match="do not run context-parallel yet"):
+        small_config("mag", context_parallel_size=2)
