@@ -26,11 +26,14 @@ from .rotary import apply_rotary, rotary_cos_sin
 def project_with_prefix(linear, x, prefix, parallel):
     """``linear`` (column-parallel) over the sequence and over the (replicated) prefix tokens, joined
     along time: [P + s, b, out_local]. The prefix goes through the same weight; its gradient is
-    all-reduced across tensor-parallel ranks as the linear does for its own input."""
+    all-reduced across tensor-parallel ranks as the linear does for its own input. Under context
+    parallelism x is this rank's part of the sequence: the projection comes back as this rank's heads
+    of the whole sequence, and the prefix's projection is cut to the same heads."""
     out, _ = linear(x)
+    out, = parallel.to_heads(out)
     if prefix is None or prefix.shape[0] == 0:
         return out
-    p = F.linear(parallel.copy_to_tensor_parallel(prefix), linear.weight)
+    p = parallel.local_heads(F.linear(parallel.copy_to_tensor_parallel(prefix), linear.weight), -1)
     return torch.cat([p.expand(-1, out.shape[1], -1), out], dim=0)
 
 
@@ -137,30 +140,32 @@ class MemoryBranch(Sharded):
 
     @property
     def memory_init(self):
-        """The learned initial memory weights, one [H_local, d_in, d_out] tensor per MLP layer."""
-        return tuple(getattr(self, f"memory_init_{i}") for i in range(self.num_memory_layers))
+        """The learned initial memory weights, one [H_local, d_in, d_out] tensor per MLP layer (this
+        context-parallel rank's heads)."""
+        return tuple(self.parallel.local_heads(getattr(self, f"memory_init_{i}"), 0) for i in range(self.num_memory_layers))
 
     def conv(self, x, conv_state=None):
         """Depthwise causal conv over time of [b, T, C]; ``conv_state`` is the previous K-1 inputs."""
         K = self.conv_weight.shape[1]
         if not self.config.memory_conv:
             return x, None
+        weight = self.parallel.local_heads(self.conv_weight, 0)
         past = x.new_zeros(x.shape[0], K - 1, x.shape[2]) if conv_state is None else conv_state
         padded = torch.cat([past, x], dim=1)
-        out = F.conv1d(padded.transpose(1, 2), self.conv_weight[:, None, :], groups=x.shape[2]).transpose(1, 2)
+        out = F.conv1d(padded.transpose(1, 2), weight[:, None, :], groups=x.shape[2]).transpose(1, 2)
         return out, padded[:, -(K - 1):] if K > 1 else padded[:, :0]
 
     def inputs(self, x, prefix=None, conv_state=None):
         """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s."""
         qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel)         # [T, b, 3 h_l]
         qkv, conv_state = self.conv(qkv.transpose(0, 1), conv_state)
-        qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], self.num_heads, 3, self.head_dim)
+        qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], -1, 3, self.head_dim)
         q, k, v = qkv.unbind(3)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.config.memory_value_norm:
             v = F.normalize(v, dim=-1)
         g = project_with_prefix(self.linear_gates, x, prefix, self.parallel).transpose(0, 1)
-        g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], self.num_heads, 3) + self.gate_bias)
+        g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], -1, 3) + self.parallel.local_heads(self.gate_bias, 0))
         lr, momentum, forget = g.unbind(-1)
         lr = self.config.memory_lr_max * lr
         if not self.config.memory_momentum:

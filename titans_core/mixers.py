@@ -66,7 +66,8 @@ class Mixer(StreamState, Sharded):
         return self.persistent
 
     def project_out(self, o):
-        out, bias = self.linear_proj(merge_heads(o))
+        """[b, s, H, d] heads -> [s, b, h]; under context parallelism back to this rank's positions first."""
+        out, bias = self.linear_proj(self.parallel.to_sequence(merge_heads(o)))
         return out, bias
 
 
@@ -102,7 +103,7 @@ class LMMMixer(Mixer):
         return self.gate_and_project(hidden_states, y)
 
     def gate_and_project(self, x, y):
-        gate, _ = self.linear_gate(x)
+        gate, = self.parallel.to_heads(self.linear_gate(x)[0])
         return self.project_out(self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
 
 

@@ -33,8 +33,8 @@ class HeadRMSNorm(Sharded):
         self.eps = eps
         self.parallel = parallel
 
-    def forward(self, x):  # [..., H_local, d_h]
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x):  # [..., H_local, d_h] (this context-parallel rank's heads)
+        return rms_norm(x, self.parallel.local_heads(self.weight, 0), self.eps)
 
 
 def head_norm(config, parallel) -> HeadRMSNorm:

@@ -58,6 +58,19 @@ class LocalParallel:
     def gather_sequence(self, x):
         return x
 
+    # Context parallelism (titans_megatron/context_parallel.py): one rank holds the whole sequence.
+    def cp_size(self) -> int:
+        return 1
+
+    def to_heads(self, *tensors):
+        return list(tensors)
+
+    def to_sequence(self, x):
+        return x
+
+    def local_heads(self, tensor, dim: int, sections=()):
+        return tensor
+
     def sharded_state_dict(self, module, prefix="", sharded_offsets=(), metadata=None):
         raise TypeError("sharded_state_dict is Megatron-core's checkpoint format: build the module with "
                         "titans_megatron's MixerSubmodules")

@@ -17,6 +17,7 @@ from megatron.core.tensor_parallel.mappings import (
 )
 from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
+from titans_megatron import context_parallel
 from titans_megatron.sharding import tensor_parallel_sharded_state_dict
 
 
@@ -147,6 +148,21 @@ class MixerSubmodules:
         # The inner column-parallel projections all-reduce x's gradient: the gather's backward only
         # needs to keep this rank's slice of it.
         return gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+
+    def cp_size(self) -> int:
+        return context_parallel.cp_size()
+
+    def to_heads(self, *tensors):
+        """[s / cp, b, n_i] -> [s, b, n_i / cp]: this context-parallel rank's heads of the whole sequence."""
+        return context_parallel.to_heads(*tensors)
+
+    def to_sequence(self, x):
+        return context_parallel.to_sequence(x)
+
+    def local_heads(self, tensor, dim: int, sections=()):
+        """This context-parallel rank's heads of a per-head tensor along ``dim``."""
+        return context_parallel.local_heads(tensor, dim, context_parallel.cp_size(), context_parallel.cp_rank(),
+                                            sections)
 
     def sharded_state_dict(self, module, prefix="", sharded_offsets=(), metadata=None):
         return tensor_parallel_sharded_state_dict(module, prefix, sharded_offsets, metadata)

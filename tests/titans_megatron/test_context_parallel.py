@@ -51,12 +51,51 @@ def test_split_sequence_names_an_uneven_split():
         split_sequence(torch.zeros(13, 1), 0, 2, 0)
 
 
-def test_config_names_heads_that_do_not_split_and_refuses_context_parallel_for_now():
+def test_config_names_heads_that_do_not_split_and_variants_without_context_parallelism():
     from tests.titans_megatron.model_configs import small_config
 
     with pytest.raises(ValueError, match=r"num_attention_heads \(2\) must be a multiple of .* \(4\)"):
         small_config("mag", context_parallel_size=4)
     with pytest.raises(ValueError, match="linear_num_key_heads .* must be a multiple"):
         small_config("gdn", context_parallel_size=4)
-    with pytest.raises(ValueError, match="do not run context-parallel yet"):
-        small_config("mag", context_parallel_size=2)
+    with pytest.raises(ValueError, match="variant mac does not run context-parallel yet"):
+        small_config("mac", context_parallel_size=2)
+
+
+CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res"]
+
+
+def _run_cp(tmp_path, nproc, tensor, sequence_parallel):
+    out = tmp_path / f"cp_{nproc}_{tensor}.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "tests" / "titans_megatron" / "cp_worker.py"), str(out), str(tensor), ",".join(CP_VARIANTS),
+           str(int(sequence_parallel))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def cp_reference_runs():
+    from tests.titans_megatron.cp_reference import reference
+
+    return {v: reference(v) for v in CP_VARIANTS}
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("nproc, tensor, sequence_parallel", [(2, 1, False), (4, 2, False), (4, 2, True)],
+                         ids=["cp2", "tp2xcp2", "tp2xcp2-sp"])
+def test_context_parallel_gives_the_logits_and_gradients_of_one_rank(cp_reference_runs, tmp_path, nproc, tensor,
+                                                                      sequence_parallel):
+    from tests.titans_megatron.test_tensor_parallel import assert_equal_fp32
+    from tests.titans_megatron.tp_reference import assembled_grads
+
+    runs = _run_cp(tmp_path, nproc, tensor, sequence_parallel)
+    for variant in CP_VARIANTS:
+        model, logits = cp_reference_runs[variant]
+        assert_equal_fp32(runs[variant]["logits"], logits.detach(), f"{variant} logits")
+        expected, grads = assembled_grads(model), runs[variant]["grads"]
+        assert sorted(grads) == sorted(expected)  # every parameter's gradient compared
+        for name, g in expected.items():
+            assert_equal_fp32(grads[name], g, f"{variant} {name}")

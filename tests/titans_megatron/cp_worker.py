@@ -1,0 +1,37 @@
+"""One rank of a tensor x context-parallel run (spawned by test_context_parallel.py): each context-
+parallel rank feeds its part of the sequence; the logits gathered over the sequence and the gradients
+(summed over the context-parallel group, as the data-parallel reduction does) are saved as full tensors."""
+
+import os
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+
+
+def main(out_path, tensor, variants, sequence_parallel):
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    from titans_megatron.parallel import enable_cpu_collectives
+
+    enable_cpu_collectives()
+    from megatron.core import parallel_state
+
+    context = dist.get_world_size() // tensor
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor, context_parallel_size=context)
+    from tests.titans_megatron.tp_reference import assembled_grads
+    from tests.titans_megatron.cp_reference import cp_forward_backward
+
+    results = {}
+    for variant in variants:
+        model, logits = cp_forward_backward(variant, tensor, context, sequence_parallel)
+        results[variant] = {"logits": logits.detach(), "grads": assembled_grads(model)}
+    if dist.get_rank() == 0:
+        torch.save(results, out_path)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4] == "1")
