@@ -2,7 +2,6 @@
 parallel rank feeds its part of the sequence; the logits gathered over the sequence and the gradients
 (summed over the context-parallel group, as the data-parallel reduction does) are saved as full tensors."""
 
-import os
 import sys
 import warnings
 
