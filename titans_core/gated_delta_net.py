@@ -37,7 +37,8 @@ def initial_dt_bias(config, heads: int) -> torch.Tensor:
 
 class GatedDeltaNetForward(StreamState):
     """The forward, over the attributes upstream's ``GatedDeltaNet.__init__`` sets (sizes, ``in_proj``,
-    ``conv1d``, ``A_log``, ``dt_bias``, ``out_norm``, ``out_proj``, ``act_fn``, ``tp_size``). A subclass
+    ``conv1d``, ``A_log``, ``dt_bias``, ``out_norm``, ``out_proj``, ``act_fn``, ``tp_size``) and
+    ``parallel`` (context parallelism's all-to-all and head slices: titans_core.parallel). A subclass
     says which kernels run: ``kernels(x) -> (l2norm, delta_rule, fused_conv or None)``."""
 
     def kernels(self, x):
@@ -50,15 +51,15 @@ class GatedDeltaNetForward(StreamState):
                                       "supported; stream with TitansLM.stream")
         state = self.stream_slot("gdn")
         qkvzba, _ = self.in_proj(hidden_states)  # gathers the sequence under sequence parallelism
-        s, b = qkvzba.shape[:2]
         l2norm, rule, fused_conv = self.kernels(qkvzba)
-        qkv, gate, beta, alpha = torch.split(
-            qkvzba.transpose(0, 1),
-            [self.conv_dim_local_tp, self.v_dim // self.tp_size, self.num_v_heads_local_tp, self.num_v_heads_local_tp],
-            dim=-1)
-        qkv = self.causal_conv(qkv.transpose(1, 2), state, fused_conv).transpose(1, 2)
-        query, key, value = torch.split(
-            qkv, [self.qk_dim // self.tp_size, self.qk_dim // self.tp_size, self.v_dim // self.tp_size], dim=-1)
+        qk, v, H = self.qk_dim // self.tp_size, self.v_dim // self.tp_size, self.num_v_heads_local_tp
+        # Context parallelism: this rank's heads of each part, over the whole sequence (Megatron's a2a_cp_to_hp)
+        query, key, value, gate, beta, alpha = self.parallel.to_heads(*torch.split(qkvzba, [qk, qk, v, v, H, H], dim=-1))
+        s, b = query.shape[:2]
+        qkv = torch.cat([query, key, value], dim=-1).transpose(0, 1)
+        conv_weight = self.parallel.local_heads(self.conv1d.weight, 0, sections=(qk, qk, v))
+        qkv = self.causal_conv(qkv.transpose(1, 2), state, fused_conv, conv_weight).transpose(1, 2)
+        query, key, value = torch.split(qkv, [query.shape[-1], key.shape[-1], value.shape[-1]], dim=-1)
         query = query.reshape(b, s, -1, self.key_head_dim)
         key = key.reshape(b, s, -1, self.key_head_dim)
         value = value.reshape(b, s, -1, self.value_head_dim).contiguous()
@@ -68,20 +69,25 @@ class GatedDeltaNetForward(StreamState):
         if groups > 1:
             query = query.repeat_interleave(groups, dim=2)
             key = key.repeat_interleave(groups, dim=2)
-        g = -self.A_log.exp() * F.softplus(alpha.float() + self.dt_bias)  # log decay, fp32
-        out, final = rule(query.contiguous(), key.contiguous(), value, g=g, beta=beta.sigmoid().contiguous(),
+        A_log, dt_bias = (self.parallel.local_heads(t, 0) for t in (self.A_log, self.dt_bias))
+        g = -A_log.exp() * F.softplus(alpha.transpose(0, 1).float() + dt_bias)  # log decay, fp32
+        out, final = rule(query.contiguous(), key.contiguous(), value, g=g,
+                          beta=beta.transpose(0, 1).sigmoid().contiguous(),
                           initial_state=None if state is None else state.get("recurrent"),
                           output_final_state=state is not None, use_qk_l2norm_in_kernel=False)
         if state is not None:
             state["recurrent"] = final
-        gate = gate.reshape(b, s, -1, self.value_head_dim)
+        gate = gate.transpose(0, 1).reshape(b, s, -1, self.value_head_dim)
         y = (self.out_norm(out) * self.act_fn(gate.float())).to(out.dtype)  # upstream's _apply_gated_norm
-        return self.out_proj(y.reshape(b, s, -1).transpose(0, 1).contiguous())
+        y = self.parallel.to_sequence(y.reshape(b, s, -1).transpose(0, 1).contiguous())
+        return self.out_proj(y)
 
-    def causal_conv(self, x, state, fused=None):
-        """act(depthwise causal conv) of [b, d, s]; a stream prepends the previous piece's last K-1 inputs."""
+    def causal_conv(self, x, state, fused=None, weight=None):
+        """act(depthwise causal conv) of [b, d, s] (``weight``: this rank's channels of conv1d's, by
+        default all); a stream prepends the previous piece's last K-1 inputs."""
+        weight = self.conv1d.weight if weight is None else weight
         if state is None and fused is not None:
-            return fused(x=x.contiguous(), weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
+            return fused(x=x.contiguous(), weight=weight.squeeze(1), bias=self.conv1d.bias,
                          activation=self.activation)
         K = self.conv_kernel_dim
         past = None if state is None else state.get("conv")
@@ -90,7 +96,7 @@ class GatedDeltaNetForward(StreamState):
         padded = torch.cat([past, x], dim=-1)
         if state is not None:
             state["conv"] = padded[..., padded.shape[-1] - (K - 1):]
-        return self.act_fn(F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=x.shape[1]))
+        return self.act_fn(F.conv1d(padded, weight, self.conv1d.bias, groups=x.shape[1]))
 
 
 def _hf_kernels(on_cuda: bool):
@@ -127,7 +133,8 @@ class GatedDeltaNetMixer(GatedDeltaNetForward, nn.Module):
         self.v_dim = self.value_head_dim * self.num_value_heads
         self.conv_dim = self.conv_dim_local_tp = self.qk_dim * 2 + self.v_dim
         self.num_v_heads_local_tp = H = self.num_value_heads
-        parallel, dtype = LocalParallel(), config.params_dtype
+        self.parallel = parallel = LocalParallel()
+        dtype = config.params_dtype
         self.in_proj = parallel.column(config, config.hidden_size, self.qk_dim * 2 + self.v_dim * 2 + H * 2)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel_dim, groups=self.conv_dim,
                                 padding=self.conv_kernel_dim - 1, bias=False, dtype=dtype)

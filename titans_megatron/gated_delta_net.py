@@ -26,7 +26,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.ssm import gated_delta_net as upstream
 
 from titans_core.gated_delta_net import GatedDeltaNetForward, initial_dt_bias, torch_l2norm
-from titans_megatron.parallel import tp_rank
+from titans_megatron.parallel import MixerSubmodules, tp_rank
 
 
 @contextlib.contextmanager
@@ -61,6 +61,7 @@ class GatedDeltaNetMixer(GatedDeltaNetForward, upstream.GatedDeltaNet):
             super().__init__(config, submodules, layer_number=layer_number, pg_collection=pg_collection,
                              A_init_range=tuple(config.gdn_A_init))
         torch.set_rng_state(rng)
+        self.parallel = MixerSubmodules()  # context parallelism's all-to-all and head slices
         if config.perform_initialization:
             self.draw_weights()
 

@@ -10,6 +10,13 @@ from tests.titans_megatron.model_configs import small_config
 HEADS = 4
 
 
+def heads(variant):
+    """4 heads (Gated DeltaNet: 4 key and 4 value heads)."""
+    if variant == "gdn":
+        return {"linear_num_key_heads": HEADS, "linear_num_value_heads": HEADS}
+    return {"num_attention_heads": HEADS}
+
+
 def inputs(config):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, config.vocab_size, (2, config.seq_length), generator=g)
@@ -18,7 +25,7 @@ def inputs(config):
 
 
 def reference(variant):
-    model = build_model(small_config(variant, num_attention_heads=HEADS), seed=3)
+    model = build_model(small_config(variant, **heads(variant)), seed=3)
     ids, probe = inputs(model.config)
     logits = model(ids)
     (logits * probe).sum().backward()
@@ -31,7 +38,7 @@ def cp_forward_backward(variant, tensor, context, sequence_parallel=False):
     from titans_megatron.context_parallel import cp_rank, split_sequence
     from titans_megatron.parallel import allreduce_sequence_parallel_grads
 
-    config = small_config(variant, num_attention_heads=HEADS, tensor_model_parallel_size=tensor,
+    config = small_config(variant, **heads(variant), tensor_model_parallel_size=tensor,
                           context_parallel_size=context, sequence_parallel=sequence_parallel)
     model = build_model(config, seed=3)
     ids, probe = inputs(config)

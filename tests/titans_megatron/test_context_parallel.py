@@ -62,7 +62,7 @@ def test_config_names_heads_that_do_not_split_and_variants_without_context_paral
         small_config("mac", context_parallel_size=2)
 
 
-CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res"]
+CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "gdn"]
 
 
 def _run_cp(tmp_path, nproc, tensor, sequence_parallel):
