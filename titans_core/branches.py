@@ -23,18 +23,28 @@ from .parallel import Sharded
 from .rotary import apply_rotary, rotary_cos_sin
 
 
-def project_with_prefix(linear, x, prefix, parallel):
-    """``linear`` (column-parallel) over the sequence and over the (replicated) prefix tokens, joined
-    along time: [P + s, b, out_local]. The prefix goes through the same weight; its gradient is
-    all-reduced across tensor-parallel ranks as the linear does for its own input. Under context
-    parallelism x is this rank's part of the sequence: the projection comes back as this rank's heads
-    of the whole sequence, and the prefix's projection is cut to the same heads."""
-    out, _ = linear(x)
-    out, = parallel.to_heads(out)
-    if prefix is None or prefix.shape[0] == 0:
-        return out
-    p = parallel.local_heads(F.linear(parallel.copy_to_tensor_parallel(prefix), linear.weight), -1)
-    return torch.cat([p.expand(-1, out.shape[1], -1), out], dim=0)
+def project_with_prefix(linear, x, prefix, parallel, tokens=None, projected=None, replicated=False):
+    """``linear`` (column-parallel) over the sequence and over the prefix, joined along time:
+    [P + N + s, b, out_local]. ``prefix`` [P, 1 or b, h]: parameters (persistent tokens), through the
+    same weight, their gradient all-reduced across tensor-parallel ranks as the linear does for its own
+    input. ``tokens`` [N, b, h]: activations every rank of the tensor x context group holds (MAC's
+    memory tokens under context parallelism). Under context parallelism x is this rank's part of the
+    sequence and the projection comes back as this rank's heads of the whole sequence (``replicated``:
+    x is the whole sequence already, as MAC's tokens are); the prefix's projection is cut to the same
+    heads. ``projected``: the sequence's projection, made earlier."""
+    if projected is not None:
+        out = projected
+    elif replicated:
+        out = parallel.head_linear(linear, x)
+    else:
+        out, = parallel.to_heads(linear(x)[0])
+    parts = []
+    if prefix is not None and prefix.shape[0]:
+        p = parallel.local_heads(F.linear(parallel.copy_to_tensor_parallel(prefix), linear.weight), -1)
+        parts.append(p.expand(-1, out.shape[1], -1))
+    if tokens is not None and tokens.shape[0]:
+        parts.append(parallel.head_linear(linear, tokens))
+    return torch.cat([*parts, out], dim=0) if parts else out
 
 
 def heads(x, num_parts, head_dim):
@@ -55,18 +65,19 @@ class AttentionBranch(Sharded):
         self.config, self.window, self.head_dim, self.parallel = config, window, config.head_dim, parallel
         self.linear_qkv = parallel.column(config, config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, x, prefix=None, position_offset: int = 0, cache=None, aligned=None):
+    def forward(self, x, prefix=None, position_offset: int = 0, cache=None, aligned=None, tokens=None, projected=None):
         """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
         start; it keeps the rotated keys and values a later query can still see, and the position).
         ``aligned``: None, or tokens [s, b, h] in hidden space, one per token of x, each seen (unrotated)
-        by the queries that see the token at its position (MAC's own-query retrievals)."""
+        by the queries that see the token at its position (MAC's own-query retrievals). ``tokens``,
+        ``projected``: as project_with_prefix takes them (MAC under context parallelism)."""
         aligned_kv = None
         if aligned is not None:
-            akv = heads(self.linear_qkv(aligned)[0], 3, self.head_dim)
+            akv = heads(self.parallel.head_linear(self.linear_qkv, aligned), 3, self.head_dim)
             aligned_kv = [t.transpose(1, 2) for t in akv.unbind(3)[1:]]     # k, v: [b, H_l, s, d]
-        qkv = heads(project_with_prefix(self.linear_qkv, x, prefix, self.parallel), 3, self.head_dim)
+        qkv = heads(project_with_prefix(self.linear_qkv, x, prefix, self.parallel, tokens, projected), 3, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))             # [b, H_l, P + s, d]
-        P = 0 if prefix is None else prefix.shape[0]
+        P = sum(0 if t is None else t.shape[0] for t in (prefix, tokens))
         s = q.shape[2] - P
         if cache is not None:
             position_offset = cache.setdefault("pos", position_offset)
@@ -155,16 +166,16 @@ class MemoryBranch(Sharded):
         out = F.conv1d(padded.transpose(1, 2), weight[:, None, :], groups=x.shape[2]).transpose(1, 2)
         return out, padded[:, -(K - 1):] if K > 1 else padded[:, :0]
 
-    def inputs(self, x, prefix=None, conv_state=None):
+    def inputs(self, x, prefix=None, conv_state=None, replicated=False):
         """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s."""
-        qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel)         # [T, b, 3 h_l]
+        qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel, replicated=replicated)         # [T, b, 3 h_l]
         qkv, conv_state = self.conv(qkv.transpose(0, 1), conv_state)
         qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], -1, 3, self.head_dim)
         q, k, v = qkv.unbind(3)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.config.memory_value_norm:
             v = F.normalize(v, dim=-1)
-        g = project_with_prefix(self.linear_gates, x, prefix, self.parallel).transpose(0, 1)
+        g = project_with_prefix(self.linear_gates, x, prefix, self.parallel, replicated=replicated).transpose(0, 1)
         g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], -1, 3) + self.parallel.local_heads(self.gate_bias, 0))
         lr, momentum, forget = g.unbind(-1)
         lr = self.config.memory_lr_max * lr
@@ -188,7 +199,7 @@ class MemoryBranch(Sharded):
         out = mlp_forward([w.float() for w in weights], q.transpose(1, 2).float())
         return out.transpose(1, 2).to(q.dtype)
 
-    def forward(self, x, prefix=None, state=None):
+    def forward(self, x, prefix=None, state=None, replicated=False):
         """The memory's outputs for the tokens of x ([b, s, H_l, d]; it reads the prefix first).
 
         ``state``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
@@ -197,12 +208,12 @@ class MemoryBranch(Sharded):
         """
         P = 0 if prefix is None else prefix.shape[0]
         if state is None:
-            inputs, _ = self.inputs(x, prefix)
+            inputs, _ = self.inputs(x, prefix, replicated=replicated)
             out, _ = self.memory(inputs)
             return out[:, P:]
         if state:
             P, prefix = 0, None  # the prefix was read at the start of the stream
-        inputs, state["conv"] = self.inputs(x, prefix, conv_state=state.get("conv"))
+        inputs, state["conv"] = self.inputs(x, prefix, conv_state=state.get("conv"), replicated=replicated)
         pending = state.get("pending")
         done = 0
         if pending is not None:

@@ -185,7 +185,8 @@ class MACMixer(Mixer):
             # only needs to keep this rank's slice of it.
             x = self.parallel.gather_sequence(x)
         st = {} if self.stream_state is None else self.stream_state
-        s, b, _ = x.shape
+        cp = self.parallel.cp_size()
+        s, b = x.shape[0] * cp, x.shape[1]  # x: this rank's part of the sequence under context parallelism
         C, N_l = cfg.segment_length, cfg.num_memory_tokens
         persistent = self.prefix()
         persistent = None if persistent is None else persistent.expand(-1, b, -1)
@@ -193,6 +194,10 @@ class MACMixer(Mixer):
         own = cfg.has_memory and self.own_query
         if cfg.has_memory:
             (x_queries, *_), st["x_conv"] = self.memory.inputs(x, conv_state=st.get("x_conv"))
+        # Context parallelism: this rank's heads of the whole sequence's attention projections; inside the
+        # loop the hidden-space tokens (memory tokens, the attention output the memory writes) are summed
+        # over the tensor x context group and projected to this rank's heads (row_from_heads, head_linear).
+        x_qkv = self.parallel.to_heads(self.attention.linear_qkv(x)[0])[0] if cp > 1 else None
 
         pos, i, outs = st.get("pos", 0), 0, []
         while i < s:
@@ -204,11 +209,15 @@ class MACMixer(Mixer):
             prefix = [t for t in (persistent, st["tokens"]) if t is not None]
             # own_query: each position's retrieval M*_{i-1}(q_j), seen by positions >= j of the segment.
             aligned = self.own_retrievals(x_queries[:, i:i + take], st["segment_memory"]) if own else None
-            y = self.attention(x[i:i + take], torch.cat(prefix) if prefix else None, cache=st["segment"],
-                               aligned=aligned)
+            if cp > 1:  # persistent tokens are parameters, memory tokens activations: projected apart
+                y = self.attention(None, persistent, cache=st["segment"], aligned=aligned, tokens=st["tokens"],
+                                   projected=x_qkv[i:i + take])
+            else:
+                y = self.attention(x[i:i + take], torch.cat(prefix) if prefix else None, cache=st["segment"],
+                                   aligned=aligned)
             if cfg.has_memory:
-                y_hidden, _ = self.attention_proj(merge_heads(y))
-                m = self.memory(y_hidden, None, state=st.setdefault("y_memory", {}))
+                y_hidden = self.parallel.row_from_heads(self.attention_proj, merge_heads(y))
+                m = self.memory(y_hidden, None, state=st.setdefault("y_memory", {}), replicated=True)
                 y = gate_combine(self.norm_y, self.norm_m, y, m)
             outs.append(y)
             i += take
@@ -219,8 +228,8 @@ class MACMixer(Mixer):
 
     def own_retrievals(self, queries, segment_memory):
         """[take, b, h]: the memory after the previous segment read with each position's own query."""
-        tokens, _ = self.memory_token_proj(merge_heads(self.memory.retrieve(queries, segment_memory)))
-        return tokens
+        return self.parallel.row_from_heads(self.memory_token_proj,
+                                            merge_heads(self.memory.retrieve(queries, segment_memory)))
 
     def recent_queries(self, st, new):
         """The memory queries of the last N_l inputs seen (earlier pieces included)."""
@@ -231,12 +240,11 @@ class MACMixer(Mixer):
         """h_i: the memory after the previous segment read (no update) with the queries of its last
         N_l inputs (learned queries for the first segment), projected to hidden space."""
         if start == 0:
-            q = self.first_queries.unsqueeze(0).expand(b, -1, -1, -1)
+            q = self.parallel.local_heads(self.first_queries, 1).unsqueeze(0).expand(b, -1, -1, -1)
         else:
             q = self.recent_queries(st, queries_before)
         tokens = self.memory.retrieve(q, st.get("y_memory", {}).get("memory"))
-        tokens, _ = self.memory_token_proj(merge_heads(tokens))
-        return tokens
+        return self.parallel.row_from_heads(self.memory_token_proj, merge_heads(tokens))
 
 
 MIXERS = {"transformer++": TransformerPPMixer, "lmm": LMMMixer, "mag": MAGMixer, "mal": MALMixer, "mac": MACMixer}

@@ -71,6 +71,14 @@ class LocalParallel:
     def local_heads(self, tensor, dim: int, sections=()):
         return tensor
 
+    def head_linear(self, linear, x):
+        """A column projection of an input every rank holds whole, to this rank's heads."""
+        return linear(x)[0]
+
+    def row_from_heads(self, linear, y):
+        """A row projection of this rank's heads back to hidden space, summed over the ranks."""
+        return linear(y)[0]
+
     def sharded_state_dict(self, module, prefix="", sharded_offsets=(), metadata=None):
         raise TypeError("sharded_state_dict is Megatron-core's checkpoint format: build the module with "
                         "titans_megatron's MixerSubmodules")

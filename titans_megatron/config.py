@@ -45,9 +45,7 @@ class TitansConfig(TransformerConfig, TitansFields):
             if getattr(self, name) % group:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of tensor_model_parallel_size x "
                                  f"context_parallel_size ({group}): each of those ranks runs whole heads")
-        if self.variant == "mac":
-            raise ValueError(f"context_parallel_size {cp}: variant {self.variant} does not run context-parallel yet "
-                             "(lmm, mag, mal, transformer++ and gdn do); use 1")
+
 
     def _check_gated_delta_net(self):
         if self.gdn_dt_init is not None:

@@ -69,8 +69,8 @@ class TitansLM(nn.Module):
         and momenta, conv inputs, the sliding window's keys and values, Gated DeltaNet's recurrent
         state; Transformer++ keeps all its keys and values, as full attention must).
         """
-        if self.config.sequence_parallel:
-            raise ValueError("streaming runs without sequence parallelism")
+        if self.config.sequence_parallel or self.config.context_parallel_size > 1:
+            raise ValueError("streaming runs without sequence or context parallelism")
         state = {} if state is None else state
         mixers = self.mixers()
         for i, mixer in enumerate(mixers):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import (
     ColumnParallelLinear,
@@ -14,6 +15,7 @@ from megatron.core.tensor_parallel.layers import (
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
     gather_from_sequence_parallel_region,
+    reduce_from_tensor_model_parallel_region,
 )
 from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
@@ -164,5 +166,27 @@ class MixerSubmodules:
         return context_parallel.local_heads(tensor, dim, context_parallel.cp_size(), context_parallel.cp_rank(),
                                             sections)
 
+    def head_linear(self, linear, x):
+        """Column projection of ``x`` (held whole by every rank of the tensor x context group: MAC's
+        hidden-space tokens inside its segment loop) to this rank's heads; x's gradient is summed over
+        the group. The linear itself where context parallelism is off."""
+        if context_parallel.cp_size() == 1:
+            return linear(x)[0]
+        weight = self.local_heads(linear.weight, 0)
+        return F.linear(copy_to_tensor_model_parallel_region(x, group=_tensor_and_context_group()), weight)
+
+    def row_from_heads(self, linear, y):
+        """Row projection of this rank's heads back to hidden space, summed over the tensor x context
+        group (MAC's projections inside its segment loop). The linear itself where context parallelism
+        is off."""
+        if context_parallel.cp_size() == 1:
+            return linear(y)[0]
+        partial = F.linear(y, self.local_heads(linear.weight, 1))
+        return reduce_from_tensor_model_parallel_region(partial, group=_tensor_and_context_group())
+
     def sharded_state_dict(self, module, prefix="", sharded_offsets=(), metadata=None):
         return tensor_parallel_sharded_state_dict(module, prefix, sharded_offsets, metadata)
+
+
+def _tensor_and_context_group():
+    return parallel_state.get_tensor_and_context_parallel_group()

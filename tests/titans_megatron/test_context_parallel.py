@@ -51,18 +51,16 @@ def test_split_sequence_names_an_uneven_split():
         split_sequence(torch.zeros(13, 1), 0, 2, 0)
 
 
-def test_config_names_heads_that_do_not_split_and_variants_without_context_parallelism():
+def test_config_names_heads_that_do_not_split():
     from tests.titans_megatron.model_configs import small_config
 
     with pytest.raises(ValueError, match=r"num_attention_heads \(2\) must be a multiple of .* \(4\)"):
         small_config("mag", context_parallel_size=4)
     with pytest.raises(ValueError, match="linear_num_key_heads .* must be a multiple"):
         small_config("gdn", context_parallel_size=4)
-    with pytest.raises(ValueError, match="variant mac does not run context-parallel yet"):
-        small_config("mac", context_parallel_size=2)
 
 
-CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "gdn"]
+CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own", "gdn"]
 
 
 def _run_cp(tmp_path, nproc, tensor, sequence_parallel):
