@@ -305,7 +305,7 @@ def load(path: str, model, optimizer, config: dict, layout=None) -> TrainState:
         raise CheckpointError(f"{path} holds a different model; refusing to load it:\n  " + "\n  ".join(diff))
     saved_layout = state.layout
     _restore(path, model, optimizer, saved_layout["tensor"])
-    same_layout = all(saved_layout[k] == (getattr(layout, k) if layout else 1) for k in ("tensor", "data"))
+    same_layout = all(saved_layout.get(k, 1) == (getattr(layout, k) if layout else 1) for k in ("tensor", "data", "context"))
     rng = os.path.join(path, f"rng_{layout.rank if layout else 0:05d}.pt")
     if optimizer is not None and same_layout and os.path.exists(rng):
         _set_rng_state(_load(rng))

@@ -144,7 +144,11 @@ class EvalSection:
 @dataclass
 class ParallelSection:
     tensor: int = at_least(1, 1)
-    """Tensor-parallel size; data-parallel size = processes / tensor."""
+    """Tensor-parallel size; data-parallel size = processes / (tensor x context)."""
+    context: int = at_least(1, 1)
+    """Context-parallel size: each sequence is split across this many ranks, each mixer running its heads'
+    share on the whole sequence (docs/model.md, "Context parallelism"); heads must divide by tensor x
+    context."""
     sequence: bool = False
     """Megatron sequence parallelism (needs tensor > 1)."""
 
@@ -184,7 +188,8 @@ class TrainConfig:
         raise ValueError naming the field."""
         from titans_megatron import TitansConfig  # megatron-core takes seconds to import: only when needed
 
-        parallel = dict(tensor_model_parallel_size=self.parallel.tensor, sequence_parallel=self.parallel.sequence)
+        parallel = dict(tensor_model_parallel_size=self.parallel.tensor, sequence_parallel=self.parallel.sequence,
+                        context_parallel_size=self.parallel.context)
         return TitansConfig.from_preset(self.model.preset, variant=self.model.variant,
                                         perform_initialization=perform_initialization,
                                         **{**parallel, **self.model.overrides})

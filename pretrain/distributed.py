@@ -4,8 +4,11 @@ the loop (agreement between ranks on when to stop).
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; under srun the launcher sets
 MASTER_ADDR / MASTER_PORT and SLURM gives SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. NCCL on GPU,
-gloo on CPU. Tensor-parallel ranks are adjacent (Megatron's order); the data-parallel size is
-world / tensor. Pipeline parallelism is not supported.
+gloo on CPU. Megatron's rank order: tensor-parallel ranks adjacent, then context-parallel ones; the
+data-parallel size is world / (tensor x context), and the ranks of one replica (its tensor- and
+context-parallel ranks) read the same samples. Gradients and the loss are averaged over data x context
+(the loss is scaled so that this gives the mean over the data-parallel ranks of each replica's whole
+sequences: pretrain/language_model.py). Pipeline parallelism is not supported.
 """
 
 import math
@@ -29,6 +32,8 @@ class Layout:
     tp_rank: int
     data: int
     dp_rank: int
+    context: int = 1
+    cp_rank: int = 0
 
     def as_dict(self):
         return asdict(self)
@@ -56,34 +61,47 @@ def _launch_env():
     return 0, 1, 0
 
 
-def init_distributed(tensor: int) -> Layout:
+def init_distributed(tensor: int, context: int = 1) -> Layout:
     """Join the launcher's process group (or make a one-rank one) and Megatron's parallel state."""
     from megatron.core import parallel_state
 
     from titans_megatron.parallel import ensure_model_parallel
 
     rank, world, local = _launch_env()
-    if world % tensor:
-        raise LaunchError(f"parallel.tensor ({tensor}) must divide the number of processes ({world})")
+    if world % (tensor * context):
+        raise LaunchError(f"{model_parallel_sizes(tensor, context)} must divide the number of processes ({world})")
     if world > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world)
-    ensure_model_parallel(tensor)
+    ensure_model_parallel(tensor, context)
     return Layout(rank, world, local, tensor, parallel_state.get_tensor_model_parallel_rank(),
-                  parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank())
+                  parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank(),
+                  context, parallel_state.get_context_parallel_rank())
+
+
+def _data_and_context_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def model_parallel_sizes(tensor: int, context: int) -> str:
+    """How errors name the processes one replica takes."""
+    if context == 1:
+        return f"parallel.tensor ({tensor})"
+    return f"parallel.tensor x parallel.context ({tensor} x {context} = {tensor * context})"
 
 
 def average_gradients(model: torch.nn.Module, layout: Layout) -> None:
-    """Mean of the gradients over the data-parallel ranks (one flat all-reduce)."""
-    if layout.data == 1:
+    """Mean of the gradients over the data x context-parallel ranks (one flat all-reduce)."""
+    ranks = layout.data * layout.context
+    if ranks == 1:
         return
-    from megatron.core import parallel_state
-
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
-    flat /= layout.data
+    dist.all_reduce(flat, group=_data_and_context_group())
+    flat /= ranks
     offset = 0
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -119,14 +137,13 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, norm: float) -> None
 
 
 def mean_over_data_parallel(value: torch.Tensor, layout: Layout) -> float:
-    """The data-parallel mean of a 0-d tensor on ``layout.device``, read on the host once."""
-    if layout.data == 1:
+    """The data x context-parallel mean of a 0-d tensor on ``layout.device``, read on the host once."""
+    ranks = layout.data * layout.context
+    if ranks == 1:
         return float(value)
-    from megatron.core import parallel_state
-
     t = value.detach().to(layout.device, torch.float64).reshape(1).clone()  # NCCL reduces GPU tensors only
-    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
-    return float(t) / layout.data
+    dist.all_reduce(t, group=_data_and_context_group())
+    return float(t) / ranks
 
 
 def any_rank(flag: bool, layout: Layout) -> bool:

@@ -23,14 +23,31 @@ def check_training_precision(precision: str, device: torch.device) -> None:
                           "use fp32 or auto (fp32 on CPU)")
 
 
+def context_parallel():
+    """(size, rank) of this process's context-parallel group ((1, 0) without one)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 1, 0
+    return parallel_state.get_context_parallel_world_size(), parallel_state.get_context_parallel_rank()
+
+
 def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
-    """Mean next-token cross-entropy over the unmasked targets of a batch (on the model's device)."""
+    """Mean next-token cross-entropy over the unmasked targets of a batch (on the model's device).
+
+    Under context parallelism each rank feeds its contiguous part of the sequence and returns cp x its
+    part's share of the whole batch's sum over the mask: the mean over the context-parallel ranks (which
+    the gradient and loss reductions take) is the whole batch's mean."""
     device = next(model.parameters()).device
     tokens = batch["tokens"].to(device, non_blocking=True)
+    inputs, labels, mask = tokens[:, :-1], tokens[:, 1:], batch["loss_mask"].to(device)
+    cp, rank = context_parallel()
+    total = mask.sum().clamp_min(1.0)
+    if cp > 1:
+        inputs, labels, mask = (t.chunk(cp, dim=1)[rank] for t in (inputs, labels, mask))
     with autocast(precision, device):
-        losses = model(tokens[:, :-1], labels=tokens[:, 1:])  # fp32, vocab-parallel: no gathered logits
-    mask = batch["loss_mask"].to(device)
-    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+        losses = model(inputs, labels=labels)  # fp32, vocab-parallel: no gathered logits
+    return (losses * mask).sum() * cp / total
 
 
 @torch.no_grad()
@@ -42,6 +59,12 @@ def validation_loss(model, data_dir: str, micro_batch: int, seed: int, seq_lengt
     if batches is None:
         batches = max(1, sum(s.samples for s in stream.shards) // micro_batch)
     model.eval()
-    losses = [language_model_loss(model, batch, precision).item() for batch, _ in zip(stream, range(batches))]
+    losses = torch.stack([language_model_loss(model, batch, precision).double() for batch, _ in zip(stream, range(batches))])
     model.train()
-    return sum(losses) / len(losses)
+    cp, _ = context_parallel()
+    if cp > 1:  # each rank scored its part of every sequence
+        from megatron.core import parallel_state
+
+        torch.distributed.all_reduce(losses, group=parallel_state.get_context_parallel_group())
+        losses /= cp
+    return float(losses.mean())

@@ -13,6 +13,7 @@ from typing import List
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import DataError, ShardStream, read_manifest
+from pretrain.distributed import model_parallel_sizes
 from data_prep.manifest import Manifest
 
 
@@ -44,10 +45,10 @@ def check(config: TrainConfig, world: int) -> Plan:
         section, name = key.split(".")
         if not getattr(getattr(config, section), name):
             raise ConfigError(f"{key} is not set")
-    sched, tensor = config.schedule, config.parallel.tensor
-    if tensor < 1 or world % tensor:
-        raise ConfigError(f"parallel.tensor ({tensor}) must divide the number of processes ({world})")
-    data_parallel = world // tensor
+    sched, tensor, context = config.schedule, config.parallel.tensor, config.parallel.context
+    if tensor < 1 or context < 1 or world % (tensor * context):
+        raise ConfigError(f"{model_parallel_sizes(tensor, context)} must divide the number of processes ({world})")
+    data_parallel = world // (tensor * context)
     if sched.global_batch % (sched.micro_batch * data_parallel):
         raise ConfigError(f"schedule.global_batch ({sched.global_batch}) must be a multiple of schedule.micro_batch "
                           f"({sched.micro_batch}) x data-parallel size ({data_parallel})")
@@ -86,7 +87,8 @@ def check(config: TrainConfig, world: int) -> Plan:
     tokens = sched.global_batch * model.seq_length
     samples = sum(s.samples for s in train.shards)
     lines = [f"model {config.model.preset} {config.model.variant}: {steps:,} steps x {tokens:,} tokens = "
-             f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x data {data_parallel}",
+             f"{steps * tokens / 1e9:.2f}B tokens; {world} process(es), tensor {tensor} x "
+             + (f"context {context} x " if context > 1 else "") + f"data {data_parallel}",
              f"data {data_dir}: {len(train.shards)} train shards, {samples:,} windows of {model.seq_length} tokens "
              f"({samples * model.seq_length / 1e9:.2f}B tokens, {steps * tokens / max(1, samples * model.seq_length):.2f} "
              "epochs)",

@@ -85,7 +85,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
     logs and writes the shared files."""
     started = time.time()
     signals = StopSignals()
-    layout = dist_.init_distributed(config.parallel.tensor)
+    layout = dist_.init_distributed(config.parallel.tensor, config.parallel.context)
     say = log if layout.is_main else (lambda line: None)
     plan = preflight.check(config, layout.world)
     for line in plan.lines:
@@ -122,7 +122,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> int:
                        validate=lambda: validation_loss(model, config.data.dir, sched.micro_batch, config.data.seed,
                                                         model_config.seq_length, config.eval.batches,
                                                         config.run.precision))
-    say(f"{layout.world} process(es): tensor {layout.tensor} x data {layout.data}; {accumulation} micro-batches "
+    context = f"context {layout.context} x " if layout.context > 1 else ""
+    say(f"{layout.world} process(es): tensor {layout.tensor} x {context}data {layout.data}; {accumulation} micro-batches "
         f"of {sched.micro_batch} per step and rank; {plan.train_steps} steps of {tokens_per_step:,} tokens; "
         f"{optim_.implementation(optim_cfg, layout.device)} optimizer")
 

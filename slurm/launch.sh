@@ -10,6 +10,7 @@
 #   CKPT_ROOT       checkpoints and TensorBoard logs go to $CKPT_ROOT/$RUN_NAME [$TITANS_ROOT/checkpoints]
 #   RUN_NAME        one folder per run; keep it to resume                      [${SIZE}_${VARIANT}]
 #   TENSOR          tensor-parallel size (processes = nodes x tasks per node)  [the config's parallel.tensor]
+#   CONTEXT         context-parallel size: each sequence split across this many ranks [the config's parallel.context]
 #   PYTHON          the interpreter, the same path on every node               [$TITANS_ROOT/.venv/bin/python, else python3]
 #   TITANS_ROOT     the repository, the same path on every node (read by the header scripts) [the submitted script's]
 #   SAVE_MARGIN_MIN minutes before the time limit at which to save and requeue [10]
@@ -69,6 +70,7 @@ TASKS=${SLURM_NTASKS:-1}
 
 overrides=("data.dir=$DATA_DIR" "checkpoint.dir=$CKPT_DIR" "model.variant=$VARIANT")
 [ -n "${TENSOR:-}" ] && overrides+=("parallel.tensor=$TENSOR")
+[ -n "${CONTEXT:-}" ] && overrides+=("parallel.context=$CONTEXT")
 
 # Save before the time limit even if the signal is lost: the job's remaining time minus the margin.
 left=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null | head -n1)

@@ -41,6 +41,10 @@ class TitansConfig(TransformerConfig, TitansFields):
         if cp == 1:
             return
         heads = ("linear_num_key_heads", "linear_num_value_heads") if self.variant == "gdn" else ("num_attention_heads",)
+        if self.seq_length % cp or (self.sequence_parallel and (self.seq_length // cp) % self.tensor_model_parallel_size):
+            raise ValueError(f"seq_length ({self.seq_length}) must split into context_parallel_size ({cp}) equal parts"
+                             + (f", each a multiple of tensor_model_parallel_size ({self.tensor_model_parallel_size})"
+                                if self.sequence_parallel else ""))
         for name in heads:
             if getattr(self, name) % group:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of tensor_model_parallel_size x "

@@ -87,6 +87,6 @@ def build_model(config: TitansConfig, parallel_output: bool = False, seed: int =
     """Build the model for ``config``; sets up a one-rank gloo group and Megatron's parallel state if
     the process has none. Every rank draws the same full weights from ``seed``, so models built at
     different tensor-parallel sizes hold the same weights."""
-    ensure_model_parallel(config.tensor_model_parallel_size)
+    ensure_model_parallel(config.tensor_model_parallel_size, config.context_parallel_size)
     torch.manual_seed(seed)
     return TitansLM(config, parallel_output=parallel_output)

@@ -50,7 +50,7 @@ class _NoStream:
         pass
 
 
-def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
+def ensure_model_parallel(tensor_model_parallel_size: int = 1, context_parallel_size: int = 1) -> None:
     """Initialise torch.distributed (gloo, one rank, when nothing is set up) and Megatron's parallel
     state. A process already set up by torchrun/SLURM keeps its own groups."""
     enable_cpu_collectives()
@@ -59,11 +59,12 @@ def ensure_model_parallel(tensor_model_parallel_size: int = 1) -> None:
         # environment for child processes to inherit and collide on.
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    if tp != tensor_model_parallel_size:
-        raise ValueError(f"Megatron's parallel state has tensor-parallel size {tp}, the config asks for "
-                         f"{tensor_model_parallel_size}")
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size,
+                                                 context_parallel_size=context_parallel_size)
+    tp, cp = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_context_parallel_world_size()
+    if (tp, cp) != (tensor_model_parallel_size, context_parallel_size):
+        raise ValueError(f"Megatron's parallel state has tensor-parallel size {tp} and context-parallel size {cp}, "
+                         f"the config asks for {tensor_model_parallel_size} and {context_parallel_size}")
 
 
 def tp_size() -> int:

@@ -26,6 +26,34 @@ def test_tensor_parallel_2_matches_one_process(layout_runs):
         "rng_00001.pt", "tokenizer.model", "train_state.json"]  # every rank writes its share
 
 
+def test_context_parallel_2_matches_one_process_and_resumes_across_sizes(layout_runs, train_shards, tmp_path):
+    """Each sequence split over two ranks (parallel.context 2, torch's optimizer path): one process's
+    losses to reduction order; its checkpoint continues in one process with its own steps 7 and 8, and
+    one process's checkpoint continues at context parallel 2 with that run's own."""
+    cp2 = tmp_path / "cp2"
+    proc = torchrun(tiny_overrides(train_shards, cp2, **STEPS, **{"parallel.context": 2}))
+    assert "tensor 1 x context 2 x data 1" in proc.stdout
+    # and on Megatron's path (DDP and the distributed optimizer over the data x context group)
+    megatron = tmp_path / "cp2_megatron"
+    torchrun(tiny_overrides(train_shards, megatron, **STEPS, **{"parallel.context": 2, "optim.implementation": "megatron",
+                                                                  "optim.bucket_size": 4000}))
+    one = losses(layout_runs / "tp1")
+    for run in (cp2, megatron):
+        two = losses(run)
+        assert sorted(two) == sorted(one) == list(range(1, 9))
+        for step in one:
+            assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5), (run.name, step)
+    for source, context, target in ((cp2, 1, "to_cp1"), (layout_runs / "tp1", 2, "to_cp2")):
+        moved = as_of_step(source, tmp_path / target, 6)
+        overrides = tiny_overrides(train_shards, moved, **STEPS, **{"parallel.context": context})
+        proc = torchrun(overrides, nproc=context) if context > 1 else train_main(overrides, check=True)
+        assert f"resumed from {moved / 'iter_0000006'}" in proc.stdout
+        resumed, whole = losses(moved), losses(source)
+        assert sorted(resumed) == [7, 8]
+        for step in resumed:
+            assert resumed[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-5), (target, step)
+
+
 def logits_at(nproc, checkpoints, out):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "tests" / "pretrain" / "logits_worker.py"), str(out), *map(str, checkpoints)]
@@ -122,6 +150,9 @@ def test_impossible_layout_is_refused(train_shards, tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **STEPS, **{"parallel.tensor": 3}))
     assert proc.returncode == 2 and "parallel.tensor (3) must divide the number of processes (2)" in proc.stderr
+    proc = train_main(tiny_overrides(train_shards, tmp_path / "c", **STEPS, **{"parallel.tensor": 2, "parallel.context": 2}))
+    assert proc.returncode == 2 and ("parallel.tensor x parallel.context (2 x 2 = 4) must divide the number of "
+                                     "processes (2)") in proc.stderr
 
 
 @pytest.mark.slow
