@@ -33,12 +33,16 @@ def test_context_parallel_2_matches_one_process_and_resumes_across_sizes(layout_
     cp2 = tmp_path / "cp2"
     proc = torchrun(tiny_overrides(train_shards, cp2, **STEPS, **{"parallel.context": 2}))
     assert "tensor 1 x context 2 x data 1" in proc.stdout
-    # and on Megatron's path (DDP and the distributed optimizer over the data x context group)
+    # on Megatron's path (DDP and the distributed optimizer over the data x context group), and composed
+    # with data parallelism (4 processes: data 2 x context 2)
     megatron = tmp_path / "cp2_megatron"
     torchrun(tiny_overrides(train_shards, megatron, **STEPS, **{"parallel.context": 2, "optim.implementation": "megatron",
                                                                   "optim.bucket_size": 4000}))
+    dp2 = tmp_path / "dp2_cp2"
+    assert "tensor 1 x context 2 x data 2" in torchrun(tiny_overrides(train_shards, dp2, **STEPS, **{"parallel.context": 2}),
+                                                       nproc=4).stdout
     one = losses(layout_runs / "tp1")
-    for run in (cp2, megatron):
+    for run in (cp2, megatron, dp2):
         two = losses(run)
         assert sorted(two) == sorted(one) == list(range(1, 9))
         for step in one:
