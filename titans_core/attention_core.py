@@ -1,9 +1,12 @@
 """Our attention core: causal, optional sliding window, a prefix visible to every query.
 
 Works on per-head tensors [B, H, T, d] on any device. Two kernels compute the same function:
-- ``sdpa``: torch's scaled_dot_product_attention with an explicit boolean mask (any device; the mask
-  costs O(T^2) memory), or ``is_causal=True`` and no mask where the mask is the plain lower triangle
-  (full causal attention with no prefix: Transformer++), which keeps SDPA's flash kernel available;
+- ``sdpa``: torch's scaled_dot_product_attention, in one of three forms by the mask's shape:
+  ``is_causal=True`` and no mask where the mask is the plain lower triangle (full causal attention with
+  no prefix: Transformer++), which keeps SDPA's flash kernel available; blocks of ``window`` queries, each
+  over the prefix and the two key blocks it can reach, where a window cuts a whole sequence at least two
+  windows long (training's sliding window: memory and work O(T * window), not O(T^2), which is what lets
+  context parallelism buy sequence length); otherwise one explicit boolean mask (O(T^2), short pieces);
 - ``flex``: torch's flex_attention with a block mask built from the same rule (compiled on CUDA,
   where it skips fully masked blocks; runs uncompiled on CPU, which is how it is tested there).
 ``auto`` takes ``sdpa`` for now: the compiled flex path has not yet run on a GPU here (a
@@ -74,6 +77,42 @@ def is_plain_causal(num_queries: int, num_keys: int, num_prefix: int, window: Op
             and (window is None or window >= num_keys))
 
 
+def is_banded(num_queries: int, num_keys: int, window: Optional[int], query_offset: int, aligned: bool) -> bool:
+    """A whole sequence (queries = keys) that the window cuts into at least two blocks: the banded form
+    holds O(T * window) scores; shorter pieces (streaming, MAC's segments) keep the one mask."""
+    return (window is not None and not aligned and query_offset == 0 and num_queries == num_keys
+            and num_keys >= 2 * window)
+
+
+def banded_attention(q, k, v, prefix_k, prefix_v, window: int):
+    """Sliding-window attention over [prefix || keys] in blocks of ``window`` queries: the queries of block
+    i can see keys of blocks i - 1 and i only (and the prefix), so each block is one SDPA call over
+    P + 2 * window keys with one shared [window, P + 2 * window] mask; block 0 has no block before it.
+
+    q, k, v: [B, H, T, d] with T >= 2 * window; prefix_k/v: [B, H, P, d] (P may be 0).
+    """
+    B, H, T, d = q.shape
+    W, P = window, prefix_k.shape[2]
+    n = -(-T // W)
+    pad = n * W - T  # padded keys sit after every real query, so causality already hides them
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    first = F.scaled_dot_product_attention(q[:, :, :W], torch.cat([prefix_k, k[:, :, :W]], 2),
+                                           torch.cat([prefix_v, v[:, :, :W]], 2),
+                                           attn_mask=attention_mask(W, P, W, q.device))
+
+    def blocks(t, start):  # blocks 1..n-1 of t's queries, or their previous / own key blocks
+        return t[:, :, start:start + (n - 1) * W].reshape(B, H, n - 1, W, d)
+
+    def keys(t, prefix):  # [B, H * (n - 1), P + 2W, d]: the prefix, the previous block, the own block
+        both = torch.cat([prefix[:, :, None].expand(B, H, n - 1, P, d), blocks(t, 0), blocks(t, W)], dim=3)
+        return both.reshape(B, H * (n - 1), P + 2 * W, d)
+
+    mask = attention_mask(W, P, W, q.device, query_offset=W, num_keys=2 * W)
+    rest = F.scaled_dot_product_attention(blocks(q, W).reshape(B, H * (n - 1), W, d), keys(k, prefix_k),
+                                          keys(v, prefix_v), attn_mask=mask)
+    return torch.cat([first, rest.reshape(B, H, (n - 1) * W, d)], dim=2)[:, :, :T]
+
+
 def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0,
                        backend: str = "auto", aligned_k=None, aligned_v=None):
     """softmax(q k^T / sqrt(d)) v over [prefix || keys || aligned], masked as ``attention_mask`` says.
@@ -89,6 +128,9 @@ def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[i
     if resolve_backend(backend, q.device) == "flex":
         block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device), aligned)
         return _flex_kernel(q.device.type == "cuda")(q, k, v, block_mask=block_mask)
+    if is_banded(q.shape[2], num_keys, window, query_offset, aligned):
+        return banded_attention(q, k[:, :, num_prefix:], v[:, :, num_prefix:], k[:, :, :num_prefix],
+                                v[:, :, :num_prefix], window)
     if is_plain_causal(q.shape[2], num_keys, num_prefix, window, query_offset, aligned):
         # no explicit mask: SDPA may take its flash / memory-efficient kernels (Transformer++'s path)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from titans_megatron import build_model
-from titans_core.attention_core import attention_mask, prefixed_attention
+from titans_core.attention_core import attention_mask, is_banded, prefixed_attention
 from tests.titans_megatron.model_configs import small_config
 
 
@@ -53,6 +53,33 @@ def test_plain_causal_takes_sdpa_is_causal_and_equals_the_mask(seed, monkeypatch
         assert calls[-1].get("attn_mask") is not None
         prefixed_attention(q, k, v, q[:, :, :1], v[:, :, :1], backend="sdpa")
         assert calls[-1].get("attn_mask") is not None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_banded_window_equals_the_direct_softmax_forward_and_backward(seed, monkeypatch):
+    """A whole sequence at least two windows long goes to SDPA in blocks of ``window`` queries, every
+    mask at most [window, P + 2 * window] (never [T, P + T]), and gives the direct masked softmax's output
+    and gradients at random shapes (T a multiple of the window or not, with and without a prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, W, P, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 3), (1, 4), (1, 12), (0, 5), (1, 17)))
+    T = 2 * W + int(torch.randint(0, 5 * W, (1,), generator=g))
+    leaves = [torch.randn(B, H, n, d, generator=g, dtype=torch.float64, requires_grad=True) for n in (T, T, T, P, P)]
+    q, k, v, pk, pv = leaves
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: masks.append(kw.get("attn_mask")) or sdpa(*a, **kw))
+    out = prefixed_attention(q, k, v, pk if P else None, pv if P else None, W, backend="sdpa")
+    ref = direct(q, k, v, pk, pv, W, 0)
+    assert is_banded(T, T, W, 0, False) and masks
+    assert all(m is not None and m.shape[0] == W and m.shape[1] <= P + 2 * W for m in masks), [m.shape for m in masks]
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    cotangent = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, leaves, cotangent, allow_unused=True)
+    want = torch.autograd.grad(ref, leaves, cotangent, allow_unused=True)
+    for name, a, b in zip("q k v pk pv".split(), got, want):
+        if b is not None and b.numel():  # no prefix: nothing to compare
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"d{name}: {m}")
 
 
 def test_transformer_pp_forward_uses_is_causal(monkeypatch):
