@@ -166,16 +166,24 @@ class MemoryBranch(Sharded):
         out = F.conv1d(padded.transpose(1, 2), weight[:, None, :], groups=x.shape[2]).transpose(1, 2)
         return out, padded[:, -(K - 1):] if K > 1 else padded[:, :0]
 
-    def inputs(self, x, prefix=None, conv_state=None, replicated=False):
-        """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s."""
-        qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel, replicated=replicated)         # [T, b, 3 h_l]
+    @property
+    def linears(self):
+        """The column projections of the input (q, k, v; the gates), in the order ``projected`` takes."""
+        return self.linear_qkv, self.linear_gates
+
+    def inputs(self, x, prefix=None, conv_state=None, replicated=False, projected=(None, None)):
+        """q, k, v [b, T, H_l, d] and gates [b, T, H_l] for the memory op, T = P + s. ``projected``: x's
+        projections by ``linears`` made earlier (context parallelism: one all-to-all for a mixer's)."""
+        qkv = project_with_prefix(self.linear_qkv, x, prefix, self.parallel, replicated=replicated,
+                                  projected=projected[0])                                             # [T, b, 3 h_l]
         qkv, conv_state = self.conv(qkv.transpose(0, 1), conv_state)
         qkv = F.silu(qkv).reshape(qkv.shape[0], qkv.shape[1], -1, 3, self.head_dim)
         q, k, v = qkv.unbind(3)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.config.memory_value_norm:
             v = F.normalize(v, dim=-1)
-        g = project_with_prefix(self.linear_gates, x, prefix, self.parallel, replicated=replicated).transpose(0, 1)
+        g = project_with_prefix(self.linear_gates, x, prefix, self.parallel, replicated=replicated,
+                                projected=projected[1]).transpose(0, 1)
         g = torch.sigmoid(g.reshape(g.shape[0], g.shape[1], -1, 3) + self.parallel.local_heads(self.gate_bias, 0))
         lr, momentum, forget = g.unbind(-1)
         lr = self.config.memory_lr_max * lr
@@ -199,7 +207,7 @@ class MemoryBranch(Sharded):
         out = mlp_forward([w.float() for w in weights], q.transpose(1, 2).float())
         return out.transpose(1, 2).to(q.dtype)
 
-    def forward(self, x, prefix=None, state=None, replicated=False):
+    def forward(self, x, prefix=None, state=None, replicated=False, projected=(None, None)):
         """The memory's outputs for the tokens of x ([b, s, H_l, d]; it reads the prefix first).
 
         ``state``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
@@ -208,12 +216,13 @@ class MemoryBranch(Sharded):
         """
         P = 0 if prefix is None else prefix.shape[0]
         if state is None:
-            inputs, _ = self.inputs(x, prefix, replicated=replicated)
+            inputs, _ = self.inputs(x, prefix, replicated=replicated, projected=projected)
             out, _ = self.memory(inputs)
             return out[:, P:]
         if state:
             P, prefix = 0, None  # the prefix was read at the start of the stream
-        inputs, state["conv"] = self.inputs(x, prefix, conv_state=state.get("conv"), replicated=replicated)
+        inputs, state["conv"] = self.inputs(x, prefix, conv_state=state.get("conv"), replicated=replicated,
+                                            projected=projected)
         pending = state.get("pending")
         done = 0
         if pending is not None:

@@ -65,6 +65,14 @@ class Mixer(StreamState, Sharded):
     def prefix(self):
         return self.persistent
 
+    def heads_first(self, x, *linears):
+        """Under context parallelism: this rank's heads of x's projections by ``linears`` (column-parallel),
+        all in one all-to-all, for the branches to take as ``projected``. Nones at cp 1, where each branch
+        projects x itself (the single-rank path is unchanged)."""
+        if self.parallel.cp_size() == 1:
+            return [None] * len(linears)
+        return self.parallel.to_heads(*(linear(x)[0] for linear in linears))
+
     def project_out(self, o):
         """[b, s, H, d] heads -> [s, b, h]; under context parallelism back to this rank's positions first."""
         out, bias = self.linear_proj(self.parallel.to_sequence(merge_heads(o)))
@@ -99,11 +107,14 @@ class LMMMixer(Mixer):
         self.norm = head_norm(config, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        y = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"))
-        return self.gate_and_project(hidden_states, y)
+        return self.mix(hidden_states, self.prefix(), self.stream_slot("memory"))
 
-    def gate_and_project(self, x, y):
-        gate, = self.parallel.to_heads(self.linear_gate(x)[0])
+    def mix(self, x, prefix, state):
+        """The memory's output for x (``prefix`` read first; ``state`` as MemoryBranch takes it), normed,
+        gated by x and projected out."""
+        qkv, gates, gate = self.heads_first(x, *self.memory.linears, self.linear_gate)
+        y = self.memory(x, prefix, state=state, projected=(qkv, gates))
+        gate = self.linear_gate(x)[0] if gate is None else gate
         return self.project_out(self.norm(y) * F.silu(heads(gate, 1, self.config.head_dim).squeeze(3)))
 
 
@@ -127,10 +138,12 @@ class MAGMixer(Mixer):
             self.norm_y, self.norm_m = head_norm(config, self.parallel), head_norm(config, self.parallel)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        y = self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention"))
+        memory = self.memory.linears if self.config.has_memory else ()
+        qkv, *projected = self.heads_first(hidden_states, self.attention.linear_qkv, *memory)
+        y = self.attention(hidden_states, self.prefix(), cache=self.stream_slot("attention"), projected=qkv)
         if not self.config.has_memory:
             return self.project_out(y)
-        m = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"))
+        m = self.memory(hidden_states, self.prefix(), state=self.stream_slot("memory"), projected=projected)
         return self.project_out(gate_combine(self.norm_y, self.norm_m, y, m))
 
 
@@ -147,8 +160,7 @@ class MALMixer(Mixer):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         x = hidden_states
         if self.config.has_memory:
-            y = self.memory_layer.memory(x, self.prefix(), state=self.stream_slot("memory"))
-            x, _ = self.memory_layer.gate_and_project(x, y)
+            x, _ = self.memory_layer.mix(x, self.prefix(), self.stream_slot("memory"))
         return self.project_out(self.attention(x, self.prefix(), cache=self.stream_slot("attention")))
 
 
@@ -192,12 +204,14 @@ class MACMixer(Mixer):
         persistent = None if persistent is None else persistent.expand(-1, b, -1)
         use_tokens = cfg.has_memory and N_l > 0 and not self.own_query
         own = cfg.has_memory and self.own_query
+        # Context parallelism: this rank's heads of the whole sequence's projections (one all-to-all);
+        # inside the loop the hidden-space tokens (memory tokens, the attention output the memory writes)
+        # are summed over the tensor x context group and projected to this rank's heads (row_from_heads,
+        # head_linear).
+        x_qkv, *projected = self.heads_first(x, self.attention.linear_qkv,
+                                             *(self.memory.linears if cfg.has_memory else ()))
         if cfg.has_memory:
-            (x_queries, *_), st["x_conv"] = self.memory.inputs(x, conv_state=st.get("x_conv"))
-        # Context parallelism: this rank's heads of the whole sequence's attention projections; inside the
-        # loop the hidden-space tokens (memory tokens, the attention output the memory writes) are summed
-        # over the tensor x context group and projected to this rank's heads (row_from_heads, head_linear).
-        x_qkv = self.parallel.to_heads(self.attention.linear_qkv(x)[0])[0] if cp > 1 else None
+            (x_queries, *_), st["x_conv"] = self.memory.inputs(x, conv_state=st.get("x_conv"), projected=projected)
 
         pos, i, outs = st.get("pos", 0), 0, []
         while i < s:

@@ -9,6 +9,15 @@ import torch
 import torch.distributed as dist
 
 
+def mixer_names(model):
+    """The class names of the model's token mixers (not the mixers inside one, as MAL's memory layer)."""
+    from titans_core.gated_delta_net import GatedDeltaNetForward
+    from titans_core.mixers import Mixer
+
+    names = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, (Mixer, GatedDeltaNetForward))}
+    return [cls for n, cls in names.items() if not any(n.startswith(outer + ".") for outer in names)]
+
+
 def main(out_path, tensor, variants, sequence_parallel):
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -23,10 +32,17 @@ def main(out_path, tensor, variants, sequence_parallel):
     from tests.titans_megatron.tp_reference import assembled_grads
     from tests.titans_megatron.cp_reference import cp_forward_backward
 
+    from titans_megatron import context_parallel
+
+    calls = []  # the forward's all-to-alls (their backward is autograd's, not a call of this name)
+    all_to_all = context_parallel.all_to_all
+    context_parallel.all_to_all = lambda *a, **kw: calls.append(1) or all_to_all(*a, **kw)
     results = {}
     for variant in variants:
+        calls.clear()
         model, logits = cp_forward_backward(variant, tensor, context, sequence_parallel)
-        results[variant] = {"logits": logits.detach(), "grads": assembled_grads(model)}
+        results[variant] = {"logits": logits.detach(), "grads": assembled_grads(model), "all_to_alls": len(calls),
+                            "mixers": mixer_names(model)}
     if dist.get_rank() == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()

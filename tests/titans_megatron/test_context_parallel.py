@@ -91,6 +91,11 @@ def test_context_parallel_gives_the_logits_and_gradients_of_one_rank(cp_referenc
 
     runs = _run_cp(tmp_path, nproc, tensor, sequence_parallel)
     for variant in CP_VARIANTS:
+        # one all-to-all into heads and one back per mixer (MAL twice: its memory layer returns to hidden
+        # space, the attention's input)
+        mixers = runs[variant]["mixers"]
+        assert mixers and runs[variant]["all_to_alls"] == sum(4 if m == "MALMixer" else 2 for m in mixers), \
+            (variant, mixers, runs[variant]["all_to_alls"])
         model, logits = cp_reference_runs[variant]
         assert_equal_fp32(runs[variant]["logits"], logits.detach(), f"{variant} logits")
         expected, grads = assembled_grads(model), runs[variant]["grads"]
