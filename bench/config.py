@@ -16,3 +16,13 @@ def read_config(path: str, required: Sequence[str], precision: bool = True) -> d
     if precision and cfg["precision"] not in PRECISIONS:
         raise SystemExit(f"{path}: precision must be 'bf16' or 'fp32', got {cfg['precision']!r}")
     return cfg
+
+
+def config_device(path: str, cfg: dict):
+    """The config's ``device`` as a torch.device; a CUDA device where none is visible is the config's error."""
+    import torch
+
+    device = torch.device(cfg["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{path}: device {cfg['device']!r} but no CUDA device is visible")
+    return device

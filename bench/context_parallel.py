@@ -31,9 +31,9 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.config import read_config  # noqa: E402
-from bench.eval_context import rss_peak_mib, trim_heap  # noqa: E402
-from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.config import config_device, read_config  # noqa: E402
+from bench.memory_usage import rss_peak_mib, trim_heap  # noqa: E402
+from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, time_steps  # noqa: E402
 
 REQUIRED = ("device", "precision", "preset", "variant", "contexts", "lengths", "micro_batch", "budget_mib",
@@ -197,14 +197,10 @@ def main():
     cfg = read_config(args.config, REQUIRED)
     if args.worker:
         return worker(cfg, args.worker)
-    device = torch.device(cfg["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
+    device = config_device(args.config, cfg)
     rows = run(os.path.abspath(args.config), cfg)
     meta, table = report(cfg, rows, args.config, device)
-    print(table)
-    if args.output:
-        write_report(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
+    publish(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ fp32 weights, or fp32). Random token ids and random-initialised weights: speed a
 depend on either. Per (variant, L): median seconds of ``repeats`` calls after ``warmup`` of each path
 (bench/timing.py), streaming tokens/s over the full forward's measured in the same run, the peak
 memory of one call of each (CUDA: ``max_memory_allocated`` above what was allocated before the call;
-CPU: the resident set's peak increase, see ``rss_peak_mib``), the bytes of the state carried between
-pieces at the end of the stream (constant in L for the Titans variants; Transformer++ keeps every key
-and value), and whether the last piece's logits match the full forward's last positions
+CPU: the resident set's peak increase, ``bench.memory_usage.rss_peak_mib``), the bytes of the state
+carried between pieces at the end of the stream (constant in L for the Titans variants; Transformer++
+keeps every key and value), and whether the last piece's logits match the full forward's last positions
 (||stream - full|| / ||full|| <= ``logits_tolerance``). A path that fails (out of memory: the full
 forward at long L) is recorded as that path's error; the other still runs.
 
@@ -25,16 +25,15 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
     sys.path[0] = os.path.dirname(_here)
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import ctypes.util  # noqa: E402
 import datetime  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.config import read_config  # noqa: E402
-from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.config import config_device, read_config  # noqa: E402
+from bench.memory_usage import rss_peak_mib, state_bytes, trim_heap  # noqa: E402
+from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, time_steps  # noqa: E402
 
 REQUIRED = ("device", "precision", "preset", "variants", "seq_length", "lengths", "batch", "warmup", "repeats",
@@ -50,46 +49,6 @@ def load_config(path):
     if not cfg["lengths"] or not all(isinstance(n, int) and n >= 1 for n in cfg["lengths"]):
         raise SystemExit(f"{path}: lengths must be a non-empty list of positive integers, got {cfg['lengths']!r}")
     return cfg
-
-
-def state_bytes(state) -> int:
-    """Bytes of every tensor in a stream state (nested dicts, tuples and lists)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (tuple, list)):
-        return sum(state_bytes(v) for v in state)
-    return 0
-
-
-def trim_heap() -> bool:
-    """Give the heap's free memory back to the OS (glibc ``malloc_trim``), so that what earlier calls
-    freed and glibc kept does not hide the next call's allocations from its peak RSS. CPU only."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc
-        return False
-    return True
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def rss_peak_mib(step):
-    """Peak resident-set increase of one call of ``step`` in MiB, the heap trimmed first (Linux: writing 5
-    to /proc/self/clear_refs resets the high-water mark VmHWM to the current RSS); None elsewhere."""
-    trim_heap()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kib("VmRSS")
-    except (OSError, StopIteration):
-        return None
-    step()
-    return (_status_kib("VmHWM") - before) / 1024
 
 
 def build(variant, cfg, device):
@@ -236,9 +195,7 @@ def main():
     cfg = load_config(args.config)
     if args.variants:
         cfg["variants"] = args.variants
-    device = torch.device(cfg["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
+    device = config_device(args.config, cfg)
     if device.type == "cuda":
         memory_note = "torch.cuda.max_memory_allocated of one call above what was allocated before it (weights, inputs)"
     else:
@@ -248,9 +205,7 @@ def main():
                        + "); torch keeps no CPU allocation count, so this is the OS's view, not torch's")
     rows = run(cfg, device)
     meta, table = report(cfg, rows, args.config, device, memory_note)
-    print(table)
-    if args.output:
-        write_report(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
+    publish(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import read_config  # noqa: E402
-from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
 from kernels.memory_op.flops import memory_forward_flops  # noqa: E402
 
@@ -279,9 +279,7 @@ def main():
     peak = matmul_peak(cfg["matmul_peak_size"], torch.device(cfg["device"]), _dtype(cfg["dtype"]))
     rows = run(cfg)
     meta, table = report(cfg, rows, peak, args.config)
-    print(table)
-    if args.output:
-        write_report(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
+    publish(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -32,3 +32,10 @@ def write_report(output: str, markdown: str, payload: dict) -> None:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, output + ext)
+
+
+def publish(output, markdown: str, payload: dict) -> None:
+    """Print the table; with an output path, write it (OUTPUT.md) and the payload (OUTPUT.json)."""
+    print(markdown)
+    if output:
+        write_report(output, markdown, payload)

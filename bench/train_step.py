@@ -26,8 +26,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.config import read_config  # noqa: E402
-from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
+from bench.config import config_device, read_config  # noqa: E402
+from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
 from pretrain.device_peak import peak_tflops  # noqa: E402
 
@@ -161,9 +161,7 @@ def main():
     p.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     args = p.parse_args()
     cfg = load_config(args.config)
-    device = torch.device(cfg["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{args.config}: device {cfg['device']!r} but no CUDA device is visible")
+    device = config_device(args.config, cfg)
     from pretrain.config import ConfigError
     from pretrain.language_model import check_training_precision
 
@@ -175,9 +173,7 @@ def main():
     measured = matmul_peak(cfg["matmul_peak_size"], device, dtype)
     rows = run(cfg, device)
     meta, table = report(cfg, rows, measured, args.config, device)
-    print(table)
-    if args.output:
-        write_report(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
+    publish(args.output, table, {"meta": meta, "config": cfg, "rows": rows})
 
 
 if __name__ == "__main__":

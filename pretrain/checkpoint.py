@@ -256,12 +256,8 @@ def restore_legacy(folder: str, model, optimizer, saved_tp: int) -> None:
 def restore_sharded(folder: str, model, optimizer) -> None:
     """Every rank reads the boxes of the saved chunks it needs for its own shards (any layout)."""
     saved = sharded.saved_tensors(folder)
-    placements, state = resharding.placements_of(model), model.state_dict()
-    chunks, targets = [], {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            targets[key] = torch.empty(value.shape, dtype=value.dtype)
-            chunks += sharded.range_chunks(key, placements.get(key), value, 0, value.numel(), targets[key].view(-1))
+    targets = {}
+    chunks = sharded.model_chunks(model, into=targets)
     sharded.check_names({c.key for c in chunks}, saved)
     meta, flats = None, {}
     if optimizer is not None:
@@ -269,18 +265,18 @@ def restore_sharded(folder: str, model, optimizer) -> None:
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: no such file (the optimizer's groups and step count)")
         meta = _load(path)
-        params = dict(model.named_parameters())
+        placements, params = resharding.placements_of(model), dict(model.named_parameters())
         for name, (start, end) in moments.ranges(model, optimizer).items() if meta["step"] is not None else ():
             for moment in moments.MOMENTS:
                 flat = torch.empty(end - start, dtype=torch.float32)
                 boxes = sharded.range_chunks(name, placements.get(name), params[name], start, end, flat)
-                for box in boxes:
+                for box in boxes:  # box keys name the parameter's pieces (one parameter may have several)
                     box.key += f"#{moment}"
                 if any(box.key in saved for box in boxes):  # a parameter never stepped has no moments
                     chunks += boxes
                     flats.setdefault(name, {})[moment] = flat
     sharded.load(folder, chunks, checkpoint_group())
-    model.load_state_dict({**state, **targets})
+    model.load_state_dict({**model.state_dict(), **targets})
     if meta is not None:
         moments.load(model, optimizer, flats, meta["step"] or 0, meta["groups"])
 

@@ -23,15 +23,6 @@ def check_training_precision(precision: str, device: torch.device) -> None:
                           "use fp32 or auto (fp32 on CPU)")
 
 
-def context_parallel():
-    """(size, rank) of this process's context-parallel group ((1, 0) without one)."""
-    from megatron.core import parallel_state
-
-    if not parallel_state.model_parallel_is_initialized():
-        return 1, 0
-    return parallel_state.get_context_parallel_world_size(), parallel_state.get_context_parallel_rank()
-
-
 def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
     """Mean next-token cross-entropy over the unmasked targets of a batch (on the model's device).
 
@@ -41,7 +32,9 @@ def language_model_loss(model, batch, precision: str = "fp32") -> torch.Tensor:
     device = next(model.parameters()).device
     tokens = batch["tokens"].to(device, non_blocking=True)
     inputs, labels, mask = tokens[:, :-1], tokens[:, 1:], batch["loss_mask"].to(device)
-    cp, rank = context_parallel()
+    from titans_megatron import context_parallel  # here: importing this module stays Megatron-free
+
+    cp, rank = context_parallel.size_and_rank()
     total = mask.sum().clamp_min(1.0)
     if cp > 1:
         inputs, labels, mask = (t.chunk(cp, dim=1)[rank] for t in (inputs, labels, mask))
@@ -61,10 +54,10 @@ def validation_loss(model, data_dir: str, micro_batch: int, seed: int, seq_lengt
     model.eval()
     losses = torch.stack([language_model_loss(model, batch, precision).double() for batch, _ in zip(stream, range(batches))])
     model.train()
-    cp, _ = context_parallel()
-    if cp > 1:  # each rank scored its part of every sequence
-        from megatron.core import parallel_state
+    from titans_megatron import context_parallel
 
-        torch.distributed.all_reduce(losses, group=parallel_state.get_context_parallel_group())
+    cp, _ = context_parallel.size_and_rank()
+    if cp > 1:  # each rank scored its part of every sequence
+        torch.distributed.all_reduce(losses, group=context_parallel.cp_group())
         losses /= cp
     return float(losses.mean())

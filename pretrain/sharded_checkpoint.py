@@ -19,7 +19,7 @@ import math
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -110,14 +110,16 @@ def range_chunks(key: str, placement, local: torch.Tensor, start: int, end: int,
     return out
 
 
-def model_chunks(model) -> List[Chunk]:
-    """This rank's tensor-parallel shard of every tensor of ``model`` (parameters and buffers)."""
+def model_chunks(model, into: Optional[Dict[str, torch.Tensor]] = None) -> List[Chunk]:
+    """This rank's tensor-parallel shard of every tensor of ``model`` (parameters and buffers): views of
+    the model's tensors (to save), or, given a dict ``into``, of fresh tensors put there by name (to load)."""
     placements = resharding.placements_of(model)
     out = []
     for key, value in model.state_dict(keep_vars=False).items():
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            out += range_chunks(key, placements.get(key), value, 0, value.numel(), value.reshape(-1))
+            target = value if into is None else into.setdefault(key, torch.empty(value.shape, dtype=value.dtype))
+            out += range_chunks(key, placements.get(key), value, 0, value.numel(), target.reshape(-1))
     return out
 
 

@@ -98,7 +98,7 @@ class TitansPreTrainedModel(PreTrainedModel):
             module.weight.normal_(0.0, std)
 
 
-def _check_mask(attention_mask, input_ids):
+def _check_mask(attention_mask):
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         raise ValueError("padded inputs are not supported: the memory reads every position, padding "
                          "included, so a padded row would not score like the unpadded one. Pass one "
@@ -149,7 +149,7 @@ class TitansModel(TitansPreTrainedModel):
                 output_hidden_states=None, return_dict=None, **kwargs):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        _check_mask(attention_mask, input_ids)
+        _check_mask(attention_mask)
         use_cache = bool(use_cache)  # generate() asks for it; a plain forward takes the one-pass path
         if cache is not None and not isinstance(cache, TitansCache):
             raise TypeError(f"cache must be a TitansCache (the memory's state), got {type(cache).__name__}")

@@ -36,6 +36,14 @@ def cp_rank() -> int:
     return parallel_state.get_context_parallel_rank()
 
 
+def size_and_rank():
+    """(size, rank) of this process's context-parallel group; (1, 0) where no model parallelism is set up
+    (one process, evaluation, the Hugging Face model)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return 1, 0
+    return cp_size(), cp_rank()
+
+
 def split_sequence(x: torch.Tensor, dim: int, size: int, rank: int) -> torch.Tensor:
     """This rank's contiguous chunk of ``x`` along ``dim`` (a multiple of ``size`` long)."""
     if x.shape[dim] % size:

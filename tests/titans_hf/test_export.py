@@ -139,7 +139,7 @@ def test_every_kind_of_mixer_loads_from_the_folders_own_code(tmp_path):
     DeltaNet, MAC's own-query retrieval, MAL's residual sublayers): a folder written with the exporter's
     code files and auto_map loads through trust_remote_code with our packages blocked, same logits."""
     from eval_suite.export_hf import AUTO_MAP, write_code
-    from tests.titans_hf.test_hf_model import ids, pair
+    from tests.titans_hf.pairs import ids, pair
 
     expected, folders = {}, []
     for variant in ("gdn", "mac-own", "mal-res"):
