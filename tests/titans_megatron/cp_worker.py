@@ -1,6 +1,7 @@
 """One rank of a tensor x context-parallel run (spawned by test_context_parallel.py): each context-
 parallel rank feeds its part of the sequence; the logits gathered over the sequence and the gradients
-(summed over the context-parallel group, as the data-parallel reduction does) are saved as full tensors."""
+(summed over the context-parallel group, as the data-parallel reduction does) are saved as full tensors,
+for each sequence-parallel setting asked for (argv: out, tensor, variants, settings as "0,1")."""
 
 import sys
 import warnings
@@ -18,7 +19,7 @@ def mixer_names(model):
     return [cls for n, cls in names.items() if not any(n.startswith(outer + ".") for outer in names)]
 
 
-def main(out_path, tensor, variants, sequence_parallel):
+def main(out_path, tensor, variants, sequence_parallel_settings):
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -38,15 +39,17 @@ def main(out_path, tensor, variants, sequence_parallel):
     all_to_all = context_parallel.all_to_all
     context_parallel.all_to_all = lambda *a, **kw: calls.append(1) or all_to_all(*a, **kw)
     results = {}
-    for variant in variants:
-        calls.clear()
-        model, logits = cp_forward_backward(variant, tensor, context, sequence_parallel)
-        results[variant] = {"logits": logits.detach(), "grads": assembled_grads(model), "all_to_alls": len(calls),
-                            "mixers": mixer_names(model)}
+    for sequence_parallel in sequence_parallel_settings:
+        for variant in variants:
+            calls.clear()
+            model, logits = cp_forward_backward(variant, tensor, context, sequence_parallel)
+            results.setdefault(sequence_parallel, {})[variant] = {
+                "logits": logits.detach(), "grads": assembled_grads(model), "all_to_alls": len(calls),
+                "mixers": mixer_names(model)}
     if dist.get_rank() == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4] == "1")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), [flag == "1" for flag in sys.argv[4].split(",")])

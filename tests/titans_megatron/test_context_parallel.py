@@ -13,27 +13,30 @@ from titans_megatron.context_parallel import local_heads, split_sequence
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("cp", [2, 4])
-def test_to_heads_and_back_over_gloo_equal_slicing_the_whole_tensors(cp, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cp}",
+def test_to_heads_and_back_over_gloo_equal_slicing_the_whole_tensors(tmp_path):
+    """One launch of 4 ranks: Megatron's context-parallel group of 4, and two explicit groups of 2."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
            str(ROOT / "tests" / "titans_megatron" / "cp_layout_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    g = torch.Generator().manual_seed(0)  # the worker's draws
-    a, b = torch.randn(12, 3, 8, generator=g), torch.randn(12, 3, 4 * cp, generator=g)
-    wa, wb, wy = torch.randn(12, 3, 8 // cp, generator=g), torch.randn(12, 3, 4, generator=g), torch.randn(12 // cp, 3, 8, generator=g)
-    A, B = a.clone().requires_grad_(), b.clone().requires_grad_()
-    loss = sum((A[:, :, r * 8 // cp:(r + 1) * 8 // cp] * wa).sum() + (B[:, :, 4 * r:4 * r + 4] * wb).sum()
-               + (split_sequence(A, 0, cp, r) * wy).sum() for r in range(cp))
-    loss.backward()
-    for r in range(cp):
-        got = torch.load(tmp_path / f"rank{r}.pt")
-        assert torch.equal(got["ha"], a[:, :, r * 8 // cp:(r + 1) * 8 // cp])  # its heads, every position
-        assert torch.equal(got["hb"], b[:, :, 4 * r:4 * r + 4])
-        assert torch.equal(got["back"], split_sequence(a, 0, cp, r))  # and back to its positions, every head
-        torch.testing.assert_close(got["ga"], split_sequence(A.grad, 0, cp, r))
-        torch.testing.assert_close(got["gb"], split_sequence(B.grad, 0, cp, r))
+    for cp in (2, 4):
+        g = torch.Generator().manual_seed(0)  # the worker's draws
+        a, b = torch.randn(12, 3, 8, generator=g), torch.randn(12, 3, 4 * cp, generator=g)
+        wa, wb, wy = torch.randn(12, 3, 8 // cp, generator=g), torch.randn(12, 3, 4, generator=g), torch.randn(12 // cp, 3, 8, generator=g)
+        A, B = a.clone().requires_grad_(), b.clone().requires_grad_()
+        loss = sum((A[:, :, r * 8 // cp:(r + 1) * 8 // cp] * wa).sum() + (B[:, :, 4 * r:4 * r + 4] * wb).sum()
+                   + (split_sequence(A, 0, cp, r) * wy).sum() for r in range(cp))
+        loss.backward()
+        for world_rank in range(4):
+            got = torch.load(tmp_path / f"cp{cp}_rank{world_rank}.pt")
+            r = got["rank"]
+            assert r == world_rank % cp
+            assert torch.equal(got["ha"], a[:, :, r * 8 // cp:(r + 1) * 8 // cp])  # its heads, every position
+            assert torch.equal(got["hb"], b[:, :, 4 * r:4 * r + 4])
+            assert torch.equal(got["back"], split_sequence(a, 0, cp, r))  # and back to its positions, every head
+            torch.testing.assert_close(got["ga"], split_sequence(A.grad, 0, cp, r))
+            torch.testing.assert_close(got["gb"], split_sequence(B.grad, 0, cp, r))
 
 
 def test_local_heads_slices_each_section_and_passes_gradients_back():
@@ -63,15 +66,26 @@ def test_config_names_heads_that_do_not_split():
 CP_VARIANTS = ["transformer++", "lmm", "mag", "mal", "mal-res", "mac", "mac-own", "gdn"]
 
 
-def _run_cp(tmp_path, nproc, tensor, sequence_parallel):
-    out = tmp_path / f"cp_{nproc}_{tensor}.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "tests" / "titans_megatron" / "cp_worker.py"), str(out), str(tensor), ",".join(CP_VARIANTS),
-           str(int(sequence_parallel))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out)
+@pytest.fixture(scope="module")
+def cp_runs(tmp_path_factory):
+    """runs(nproc, tensor) -> {sequence_parallel: {variant: results}}: one launch per layout, both
+    sequence-parallel settings in it where tensor > 1 (a launch's start costs more than its work)."""
+    done = {}
+
+    def runs(nproc, tensor):
+        if (nproc, tensor) not in done:
+            out = tmp_path_factory.mktemp("cp") / f"cp_{nproc}_{tensor}.pt"
+            flags = "0,1" if tensor > 1 else "0"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   str(ROOT / "tests" / "titans_megatron" / "cp_worker.py"), str(out), str(tensor),
+                   ",".join(CP_VARIANTS), flags]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[nproc, tensor] = torch.load(out)
+        return done[nproc, tensor]
+
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +98,12 @@ def cp_reference_runs():
 @pytest.mark.process
 @pytest.mark.parametrize("nproc, tensor, sequence_parallel", [(2, 1, False), (4, 2, False), (4, 2, True)],
                          ids=["cp2", "tp2xcp2", "tp2xcp2-sp"])
-def test_context_parallel_gives_the_logits_and_gradients_of_one_rank(cp_reference_runs, tmp_path, nproc, tensor,
+def test_context_parallel_gives_the_logits_and_gradients_of_one_rank(cp_reference_runs, cp_runs, nproc, tensor,
                                                                       sequence_parallel):
     from tests.titans_megatron.test_tensor_parallel import assert_equal_fp32
     from tests.titans_megatron.tp_reference import assembled_grads
 
-    runs = _run_cp(tmp_path, nproc, tensor, sequence_parallel)
+    runs = cp_runs(nproc, tensor)[sequence_parallel]
     for variant in CP_VARIANTS:
         # one all-to-all into heads and one back per mixer (MAL twice: its memory layer returns to hidden
         # space, the attention's input)
