@@ -1,6 +1,7 @@
 """``sbatch slurm/titans_tiny.sh`` on a real one-node SLURM cluster: 2 tasks over gloo (data parallel),
 a checkpoint and logs; a job signalled mid-run saves, requeues itself and resumes to the same losses
-as an uninterrupted one; bad inputs stop the job before any task starts."""
+as an uninterrupted one; ``CONTEXT=2`` splits each sequence over the 2 tasks instead and trains to the
+data-parallel job's losses; bad inputs stop the job before any task starts."""
 
 import json
 import re
@@ -89,6 +90,23 @@ def test_signalled_job_requeues_and_resumes_exactly(slurm_cluster, train_shards,
     assert "requeueing job" in text and "attempt 2" in text
     assert f"resumed from {ckpt / f'iter_{int(stop.group(1)):07d}'}" in text
     assert losses(ckpt) == losses(whole)  # bit for bit
+
+
+def test_context_parallel_job_trains_to_the_data_parallel_losses(slurm_cluster, train_shards, whole_job, tmp_path):
+    """The same global batches, each sequence split over the two tasks (one replica) instead of the
+    samples (two): the same losses up to reduction order."""
+    (state, _, _), whole_log, whole = whole_job
+    assert state == "COMPLETED", whole_log.read_text()[-3000:]
+    job, log, ckpt = submit(slurm_cluster, tmp_path, "cp", train_shards, CONTEXT="2")
+    state, restarts, code = wait_for(slurm_cluster, job, log)
+    text = log.read_text()
+    assert (state, restarts, code) == ("COMPLETED", 0, "0:0"), text[-3000:]
+    assert "tensor 1 x context 2 x data 1" in text
+    layout = json.loads((ckpt / "iter_0000024" / "train_state.json").read_text())["layout"]
+    assert (layout["context"], layout["data"]) == (2, 1)
+    got, want = losses(ckpt), losses(whole)
+    assert sorted(got) == sorted(want) == list(range(1, 25))
+    assert max(abs(got[k] - want[k]) / want[k] for k in want) < 1e-5, (got, want)
 
 
 def test_bad_inputs_stop_the_job_before_any_task(slurm_cluster, train_shards, tmp_path):
