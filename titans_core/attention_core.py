@@ -86,31 +86,34 @@ def is_banded(num_queries: int, num_keys: int, window: Optional[int], query_offs
 
 def banded_attention(q, k, v, prefix_k, prefix_v, window: int):
     """Sliding-window attention over [prefix || keys] in blocks of ``window`` queries: the queries of block
-    i can see keys of blocks i - 1 and i only (and the prefix), so each block is one SDPA call over
-    P + 2 * window keys with one shared [window, P + 2 * window] mask; block 0 has no block before it.
+    i can see keys of blocks i - 1 and i only (and the prefix), so blocks 1.. are one SDPA call over
+    P + 2 * window keys each with one shared [window, P + 2 * window] mask; block 0 (nothing before it)
+    is a call of its own. Blocks go into SDPA's batch dim, not its heads: CUDA's memory-efficient kernel
+    puts heads on a grid dim capped at 65,535 and splits only the batch.
 
     q, k, v: [B, H, T, d] with T >= 2 * window; prefix_k/v: [B, H, P, d] (P may be 0).
     """
     B, H, T, d = q.shape
     W, P = window, prefix_k.shape[2]
     n = -(-T // W)
-    pad = n * W - T  # padded keys sit after every real query, so causality already hides them
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    if n * W > T:  # padded keys sit after every real query, so causality already hides them
+        q, k, v = (F.pad(t, (0, 0, 0, n * W - T)) for t in (q, k, v))
     first = F.scaled_dot_product_attention(q[:, :, :W], torch.cat([prefix_k, k[:, :, :W]], 2),
                                            torch.cat([prefix_v, v[:, :, :W]], 2),
                                            attn_mask=attention_mask(W, P, W, q.device))
 
-    def blocks(t, start):  # blocks 1..n-1 of t's queries, or their previous / own key blocks
-        return t[:, :, start:start + (n - 1) * W].reshape(B, H, n - 1, W, d)
+    def blocks(t, start):  # [B, n - 1, H, W, d]: blocks 1..n-1 of t's queries, or their previous / own keys
+        return t[:, :, start:start + (n - 1) * W].reshape(B, H, n - 1, W, d).transpose(1, 2)
 
-    def keys(t, prefix):  # [B, H * (n - 1), P + 2W, d]: the prefix, the previous block, the own block
-        both = torch.cat([prefix[:, :, None].expand(B, H, n - 1, P, d), blocks(t, 0), blocks(t, W)], dim=3)
-        return both.reshape(B, H * (n - 1), P + 2 * W, d)
+    def keys(t, prefix):  # [B (n - 1), H, P + 2W, d]: the prefix, the previous block, the own block
+        both = torch.cat([prefix[:, None].expand(B, n - 1, H, P, d), blocks(t, 0), blocks(t, W)], dim=3)
+        return both.reshape(B * (n - 1), H, P + 2 * W, d)
 
     mask = attention_mask(W, P, W, q.device, query_offset=W, num_keys=2 * W)
-    rest = F.scaled_dot_product_attention(blocks(q, W).reshape(B, H * (n - 1), W, d), keys(k, prefix_k),
+    rest = F.scaled_dot_product_attention(blocks(q, W).reshape(B * (n - 1), H, W, d), keys(k, prefix_k),
                                           keys(v, prefix_v), attn_mask=mask)
-    return torch.cat([first, rest.reshape(B, H, (n - 1) * W, d)], dim=2)[:, :, :T]
+    rest = rest.reshape(B, n - 1, H, W, d).transpose(1, 2).reshape(B, H, (n - 1) * W, d)
+    return torch.cat([first, rest], dim=2)[:, :, :T]
 
 
 def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[int] = None, query_offset: int = 0,
@@ -123,14 +126,16 @@ def prefixed_attention(q, k, v, prefix_k=None, prefix_v=None, window: Optional[i
     num_prefix = 0 if prefix_k is None else prefix_k.shape[2]
     num_keys = k.shape[2]
     aligned = aligned_k is not None
+    sdpa = resolve_backend(backend, q.device) == "sdpa"
+    if sdpa and is_banded(q.shape[2], num_keys, window, query_offset, aligned):
+        empty = q.new_zeros(q.shape[0], q.shape[1], 0, q.shape[3])
+        return banded_attention(q, k, v, empty if prefix_k is None else prefix_k,
+                                empty if prefix_v is None else prefix_v, window)
     k = torch.cat([t for t in (prefix_k, k, aligned_k) if t is not None], dim=2)
     v = torch.cat([t for t in (prefix_v, v, aligned_v) if t is not None], dim=2)
-    if resolve_backend(backend, q.device) == "flex":
+    if not sdpa:  # flex
         block_mask = _flex_block_mask(q.shape[2], num_prefix, num_keys, window, query_offset, str(q.device), aligned)
         return _flex_kernel(q.device.type == "cuda")(q, k, v, block_mask=block_mask)
-    if is_banded(q.shape[2], num_keys, window, query_offset, aligned):
-        return banded_attention(q, k[:, :, num_prefix:], v[:, :, num_prefix:], k[:, :, :num_prefix],
-                                v[:, :, :num_prefix], window)
     if is_plain_causal(q.shape[2], num_keys, num_prefix, window, query_offset, aligned):
         # no explicit mask: SDPA may take its flash / memory-efficient kernels (Transformer++'s path)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -69,8 +69,9 @@ class AttentionBranch(Sharded):
         """``cache``: None for a whole sequence, or a dict carried between pieces of one stream ({} to
         start; it keeps the rotated keys and values a later query can still see, and the position).
         ``aligned``: None, or tokens [s, b, h] in hidden space, one per token of x, each seen (unrotated)
-        by the queries that see the token at its position (MAC's own-query retrievals). ``tokens``,
-        ``projected``: as project_with_prefix takes them (MAC under context parallelism)."""
+        by the queries that see the token at its position (MAC's own-query retrievals). ``tokens``
+        (MAC under context parallelism), ``projected`` (x's projection made by the mixer: context
+        parallelism's one all-to-all): as project_with_prefix takes them."""
         aligned_kv = None
         if aligned is not None:
             akv = heads(self.parallel.head_linear(self.linear_qkv, aligned), 3, self.head_dim)

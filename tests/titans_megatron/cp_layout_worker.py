@@ -15,7 +15,7 @@ def run(cp, rank, group, out_path):
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(12, 3, 8, generator=g), torch.randn(12, 3, 4 * cp, generator=g)  # whole [s, b, n]
-    wa, wb, wy = torch.randn(12, 3, 8 // cp, generator=g), torch.randn(12, 3, 4, generator=g), torch.randn(12 // cp, 3, 8, generator=g)
+    wa, wb, wy = (torch.randn(*shape, generator=g) for shape in ((12, 3, 8 // cp), (12, 3, 4), (12 // cp, 3, 8)))
     la, lb = (split_sequence(t, 0, cp, rank).clone().requires_grad_() for t in (a, b))
     ha, hb = to_heads(la, lb, group=group)
     back = to_sequence(ha, group=group)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from titans_megatron import build_model
-from titans_core.attention_core import attention_mask, is_banded, prefixed_attention
+from titans_core.attention_core import attention_mask, prefixed_attention
 from tests.titans_megatron.model_configs import small_config
 
 
@@ -61,7 +61,8 @@ def test_banded_window_equals_the_direct_softmax_forward_and_backward(seed, monk
     mask at most [window, P + 2 * window] (never [T, P + T]), and gives the direct masked softmax's output
     and gradients at random shapes (T a multiple of the window or not, with and without a prefix)."""
     g = torch.Generator().manual_seed(seed)
-    B, H, W, P, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 3), (1, 4), (1, 12), (0, 5), (1, 17)))
+    sizes = ((1, 3), (1, 4), (1, 12), (0, 5), (1, 17))
+    B, H, W, P, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in sizes)
     T = 2 * W + int(torch.randint(0, 5 * W, (1,), generator=g))
     leaves = [torch.randn(B, H, n, d, generator=g, dtype=torch.float64, requires_grad=True) for n in (T, T, T, P, P)]
     q, k, v, pk, pv = leaves
@@ -71,7 +72,7 @@ def test_banded_window_equals_the_direct_softmax_forward_and_backward(seed, monk
                         lambda *a, **kw: masks.append(kw.get("attn_mask")) or sdpa(*a, **kw))
     out = prefixed_attention(q, k, v, pk if P else None, pv if P else None, W, backend="sdpa")
     ref = direct(q, k, v, pk, pv, W, 0)
-    assert is_banded(T, T, W, 0, False) and masks
+    assert len(masks) == 2  # block 0, then every other block in one call
     assert all(m is not None and m.shape[0] == W and m.shape[1] <= P + 2 * W for m in masks), [m.shape for m in masks]
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     cotangent = torch.randn(out.shape, generator=g, dtype=torch.float64)
@@ -129,16 +130,21 @@ def test_unknown_backend():
 
 
 @pytest.mark.gpu
-def test_flex_on_cuda_equals_sdpa_forward_and_backward():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flex_on_cuda_equals_sdpa_forward_and_backward(dtype):
+    """T 500 = 4 windows of 128 less 12: SDPA takes the banded form (padded), flex its block mask."""
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 4, 512, 64, generator=g).cuda().requires_grad_() for _ in range(3))
-    pk, pv = (torch.randn(2, 4, 16, 64, generator=g).cuda().requires_grad_() for _ in range(2))
+    q, k, v = (torch.randn(2, 4, 500, 64, generator=g).to("cuda", dtype).requires_grad_() for _ in range(3))
+    pk, pv = (torch.randn(2, 4, 16, 64, generator=g).to("cuda", dtype).requires_grad_() for _ in range(2))
     grads = {}
     for backend in ("sdpa", "flex"):
         out = prefixed_attention(q, k, v, pk, pv, 128, 0, backend)
-        out.square().sum().backward()
+        out.float().square().sum().backward()
         grads[backend] = [out.detach()] + [t.grad.clone() for t in (q, k, v, pk, pv)]
         for t in (q, k, v, pk, pv):
             t.grad = None
-    for a, b in zip(grads["sdpa"], grads["flex"]):
-        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dpk", "dpv"], grads["sdpa"], grads["flex"]):
+        if dtype == torch.float32:
+            torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3, msg=lambda m: f"{name}: {m}")
+        else:  # bf16: two kernels' roundings, compared as a whole
+            assert ((b.float() - a.float()).norm() / a.float().norm()).item() < 2e-2, name

@@ -23,7 +23,7 @@ def test_to_heads_and_back_over_gloo_equal_slicing_the_whole_tensors(tmp_path):
     for cp in (2, 4):
         g = torch.Generator().manual_seed(0)  # the worker's draws
         a, b = torch.randn(12, 3, 8, generator=g), torch.randn(12, 3, 4 * cp, generator=g)
-        wa, wb, wy = torch.randn(12, 3, 8 // cp, generator=g), torch.randn(12, 3, 4, generator=g), torch.randn(12 // cp, 3, 8, generator=g)
+        wa, wb, wy = (torch.randn(*shape, generator=g) for shape in ((12, 3, 8 // cp), (12, 3, 4), (12 // cp, 3, 8)))
         A, B = a.clone().requires_grad_(), b.clone().requires_grad_()
         loss = sum((A[:, :, r * 8 // cp:(r + 1) * 8 // cp] * wa).sum() + (B[:, :, 4 * r:4 * r + 4] * wb).sum()
                    + (split_sequence(A, 0, cp, r) * wy).sum() for r in range(cp))
