@@ -7,8 +7,9 @@ step's forward and backward (pretrain.language_model.language_model_loss: each r
 positions) of ``micro_batch`` random sequences: median of ``repeats`` after ``warmup``, the peak memory of
 one step per rank (CUDA: ``max_memory_allocated`` above what was allocated before it; CPU: the resident
 set's peak increase, VmHWM after /proc/self/clear_refs, heap trimmed first), and the seconds spent in
-context parallelism's all-to-alls (titans_megatron.context_parallel.to_heads / to_sequence, timed with a
-device sync around each call; the share this adds to the step is small but not zero). A length whose step
+context parallelism's all-to-alls in one more step (titans_megatron.context_parallel.to_heads /
+to_sequence, timed with a device sync around each call; the share this adds to the step is small but not
+zero) and their share of that step. A length whose step
 fails (out of memory) is recorded as that row's error. The longest L whose largest per-rank peak is
 within ``budget_mib`` is each cp's answer.
 
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 from bench.config import config_device, read_config  # noqa: E402
 from bench.memory_usage import rss_peak_mib, trim_heap  # noqa: E402
 from bench.outputs import cpu_description, package_version, publish  # noqa: E402
-from bench.timing import describe_error, time_steps  # noqa: E402
+from bench.timing import describe_error, sync, time_steps  # noqa: E402
 
 REQUIRED = ("device", "precision", "preset", "variant", "contexts", "lengths", "micro_batch", "budget_mib",
             "warmup", "repeats")
@@ -52,8 +53,6 @@ class AllToAllTimer:
 
     def _timed(self, fn):
         def timed(*args, **kwargs):
-            from bench.timing import sync
-
             sync(self.device)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
@@ -93,9 +92,15 @@ def worker(cfg, out_path):
             seconds, peak = time_steps(step, cfg["warmup"], cfg["repeats"], device)
             if device.type != "cuda":
                 peak = rss_peak_mib(step)
+            # the share within one step of its own (a sub-interval of it, so at most 1): set against the
+            # timed steps' median, a slower extra step on a busy machine could read over 100%
             timer.seconds = 0.0
+            sync(device)
+            t0 = time.perf_counter()
             step()
+            sync(device)
             row.update(step_seconds=seconds, peak_mib=peak, all_to_all_seconds=timer.seconds,
+                       all_to_all_share=timer.seconds / (time.perf_counter() - t0),
                        tokens_per_s=cfg["micro_batch"] * length / seconds)
             model = None
         except Exception as e:  # out of memory at a long length: the other lengths still run
@@ -124,9 +129,9 @@ def merge(per_rank):
     tokens = per_rank[0]["tokens_per_s"] * per_rank[0]["step_seconds"]  # the step's tokens, every rank's together
     peaks = [r["peak_mib"] for r in per_rank if r["peak_mib"] is not None]
     row.update(step_seconds=max(r["step_seconds"] for r in per_rank), peak_mib=max(peaks) if peaks else None,
-               all_to_all_seconds=max(r["all_to_all_seconds"] for r in per_rank))
+               all_to_all_seconds=max(r["all_to_all_seconds"] for r in per_rank),
+               all_to_all_share=max(r["all_to_all_share"] for r in per_rank))
     row["tokens_per_s"] = tokens / row["step_seconds"]
-    row["all_to_all_share"] = row["all_to_all_seconds"] / row["step_seconds"]
     return row
 
 
@@ -171,7 +176,8 @@ def report(cfg, rows, config_path, device):
              f"{cfg['micro_batch']} sequence(s) per step, {cfg['precision']}, median of {cfg['repeats']} steps "
              f"after {cfg['warmup']}; one process per context-parallel rank",
              f"- peak memory per rank: {memory}; the row shows the largest over the ranks",
-             "- all-to-all share: seconds in to_heads / to_sequence (synchronised) over the step's",
+             "- all-to-all share: seconds in to_heads / to_sequence (synchronised) over those of the step they "
+             "were timed in (one more step after the timed ones); the row shows the largest over the ranks",
              f"- longest sequence within {cfg['budget_mib']:,} MiB per rank: "
              + ", ".join(f"cp {c}: {meta['longest_within_budget'][str(c)] or 'none'}" for c in cfg["contexts"]), ""]
     if device.type != "cuda":
