@@ -9,9 +9,8 @@ one step per rank (CUDA: ``max_memory_allocated`` above what was allocated befor
 set's peak increase, VmHWM after /proc/self/clear_refs, heap trimmed first), and the seconds spent in
 context parallelism's all-to-alls in one more step (titans_megatron.context_parallel.to_heads /
 to_sequence, timed with a device sync around each call; the share this adds to the step is small but not
-zero) and their share of that step. A length whose step
-fails (out of memory) is recorded as that row's error. The longest L whose largest per-rank peak is
-within ``budget_mib`` is each cp's answer.
+zero) and their share of that step. A length whose step fails (out of memory) is recorded as that row's
+error. The longest L whose largest per-rank peak is within ``budget_mib`` is each cp's answer.
 
     python bench/context_parallel.py --config configs/bench/context_parallel.json --output bench/results/context_parallel_gpu_h100
     python bench/context_parallel.py --config configs/bench/context_parallel_smoke.json   # CPU, end to end

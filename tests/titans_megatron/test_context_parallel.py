@@ -100,8 +100,7 @@ def cp_reference_runs():
                          ids=["cp2", "tp2xcp2", "tp2xcp2-sp"])
 def test_context_parallel_gives_the_logits_and_gradients_of_one_rank(cp_reference_runs, cp_runs, nproc, tensor,
                                                                       sequence_parallel):
-    from tests.titans_megatron.test_tensor_parallel import assert_equal_fp32
-    from tests.titans_megatron.tp_reference import assembled_grads
+    from tests.titans_megatron.tp_reference import assembled_grads, assert_equal_fp32
 
     runs = cp_runs(nproc, tensor)[sequence_parallel]
     for variant in CP_VARIANTS:

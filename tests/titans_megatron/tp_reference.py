@@ -66,3 +66,12 @@ def assembled_grads(model):
     finally:
         for p, data in weights.items():
             p.data = data
+
+
+def assert_equal_fp32(actual, expected, what):
+    """Equal up to fp32 rounding of a different summation order: max error <= 1e-4 of the largest entry
+    (gate gradients sum over every token of a recurrence: ~2e-5 seen)."""
+    assert actual.shape == expected.shape, what
+    scale = max(expected.abs().max().item(), 1e-6)
+    err = (actual - expected).abs().max().item()
+    assert err <= 1e-4 * scale, f"{what}: max error {err:.3g} against max |value| {scale:.3g}"
