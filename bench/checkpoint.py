@@ -64,7 +64,7 @@ def _fsync_tree(folder: str) -> None:
 
 def _legacy_save(folder: str, model, view, layout) -> None:
     """The format before the sharded one, as pretrain/checkpoint.py wrote it."""
-    from pretrain import resharding
+    from titans_pretrain import resharding
 
     optimizer_pieces = resharding.optimizer_pieces(model, view)  # gathers the moments onto DP rank 0
     if layout.dp_rank == 0:
@@ -78,11 +78,11 @@ def worker(cfg: dict, spec: dict, out: str) -> None:
     "save" or "none": how much of the previous format to run)."""
     import torch.distributed as dist
 
-    from pretrain import checkpoint as ckpt
-    from pretrain import optim as optim_
-    from pretrain.config import config_from_dict
-    from pretrain.distributed import barrier, init_distributed
-    from pretrain.language_model import language_model_loss
+    from titans_pretrain import checkpoint as ckpt
+    from titans_pretrain import optim as optim_
+    from titans_pretrain.config import config_from_dict
+    from titans_pretrain.distributed import barrier, init_distributed
+    from titans_pretrain.language_model import language_model_loss
     from titans_megatron import build_model
 
     tensor, preset = spec["tensor"], spec.get("preset", cfg["preset"])
@@ -128,8 +128,8 @@ def worker(cfg: dict, spec: dict, out: str) -> None:
         barrier(layout)
         return folder
 
-    from pretrain import sharded_checkpoint as sharded
-    from pretrain import moments
+    from titans_pretrain import sharded_checkpoint as sharded
+    from titans_pretrain import moments
 
     share = sharded.write_share(sharded.model_chunks(model) + sharded.moment_chunks(
         model, moments.slices(model, opt.checkpoint_state)), ckpt.checkpoint_group())

@@ -3,7 +3,7 @@ parallel size, and the all-to-all's share of the step.
 
 For each context-parallel size cp of the config, ``torchrun`` starts cp processes (gloo on CPU, NCCL on
 GPU); each builds the preset's model at every sequence length L of the config and times a training
-step's forward and backward (pretrain.language_model.language_model_loss: each rank feeds its L / cp
+step's forward and backward (titans_pretrain.language_model.language_model_loss: each rank feeds its L / cp
 positions) of ``micro_batch`` random sequences: median of ``repeats`` after ``warmup``, the peak memory of
 one step per rank (CUDA: ``max_memory_allocated`` above what was allocated before it; CPU: the resident
 set's peak increase, VmHWM after /proc/self/clear_refs, heap trimmed first), and the seconds spent in
@@ -65,8 +65,8 @@ def worker(cfg, out_path):
     """One rank of a torchrun launch: every length at this launch's context-parallel size."""
     import torch.distributed as dist
 
-    from pretrain.distributed import init_distributed
-    from pretrain.language_model import language_model_loss
+    from titans_pretrain.distributed import init_distributed
+    from titans_pretrain.language_model import language_model_loss
     from titans_megatron import TitansConfig, build_model
 
     context = int(os.environ["WORLD_SIZE"])

@@ -63,7 +63,7 @@ def build(variant, cfg, device):
 
 def measure(model, length, cfg, device, row):
     """Time both paths at context ``length``, fill ``row``; a failing path records its error."""
-    from pretrain.language_model import autocast
+    from titans_pretrain.language_model import autocast
 
     piece, batch = cfg.get("piece_length", cfg["seq_length"]), cfg["batch"]
     g = torch.Generator().manual_seed(length)
@@ -151,7 +151,7 @@ def _row(r):
 
 
 def report(cfg, rows, config_path, device, memory_note):
-    from kernels.memory_op import resolve_backend as memory_backend
+    from titans_kernels.memory_op import resolve_backend as memory_backend
     from titans_core.attention_core import resolve_backend as attention_backend
 
     machine = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_description()

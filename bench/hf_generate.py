@@ -54,7 +54,7 @@ def build(variant, cfg, device):
 
 
 def measure(ours, hf, prompt_length, cfg, device, row):
-    from pretrain.language_model import autocast
+    from titans_pretrain.language_model import autocast
 
     n, piece = cfg["new_tokens"], cfg["seq_length"]
     g = torch.Generator().manual_seed(prompt_length)

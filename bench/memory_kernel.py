@@ -1,7 +1,7 @@
 """The Triton memory kernels against their peers: forward+backward time, model TFLOP/s, bytes, memory.
 
 Rows, all at the same B, T, H, d_h and input dtype, one batch of ``tokens_per_batch`` tokens:
-  triton           kernels.neural_memory(backend="triton"): the op alone (q, k, v, gates given)
+  triton           titans_kernels.neural_memory(backend="triton"): the op alone (q, k, v, gates given)
   torch            the same op, backend="torch" (our reference implementation)
   titans-pytorch   titans_pytorch.NeuralMemory (the layer: its projections are included in its time)
   fla-gated-delta  flash-linear-attention's chunk_gated_delta_rule (a linear-memory peer)
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from bench.config import read_config  # noqa: E402
 from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
-from kernels.memory_op.flops import memory_forward_flops  # noqa: E402
+from titans_kernels.memory_op.flops import memory_forward_flops  # noqa: E402
 
 MEMORY_IMPLS = ("triton", "torch", "titans-pytorch")
 ATTENTION_IMPLS = ("sdpa-causal", "flash-attn")
@@ -71,7 +71,7 @@ def bytes_model(cfg, T, H, d, dtype_bytes):
     forward reads q, k, v and the coefficients, writes out and a checkpoint per group; backward reads
     q, k, v, dout, coefficients and checkpoints, writes dq, dk, dv (fp32), the coefficient gradients,
     and writes + reads each recomputed chunk state once."""
-    from kernels.memory_op.triton_backend import group_chunks
+    from titans_kernels.memory_op.triton_backend import group_chunks
 
     C, tokens = cfg["chunk"], cfg["tokens_per_batch"]
     E = cfg["expansion"] if cfg["depth"] == 2 else 1
@@ -98,7 +98,7 @@ def make_step(impl, cfg, T, H, d, device, dtype):
         return (scale * torch.randn(*shape, generator=g)).to(device, dtype).requires_grad_()
 
     if impl in ("triton", "torch"):
-        from kernels import neural_memory
+        from titans_kernels import neural_memory
 
         q, k = (F.normalize(torch.randn(B, T, H, d, generator=g), dim=-1).to(device, dtype).requires_grad_()
                 for _ in range(2))

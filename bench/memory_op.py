@@ -1,7 +1,7 @@
 """Forward+backward throughput and peak memory of the neural-memory op against its peers.
 
 Rows (same heads, d_h, depth, expansion and chunk; one batch of B x T tokens):
-  torch           kernels.neural_memory(backend="torch"): the op alone (q, k, v, gates given)
+  torch           titans_kernels.neural_memory(backend="torch"): the op alone (q, k, v, gates given)
   torch+proj      the op inside the projections titans-pytorch's NeuralMemory also runs (RMSNorm,
                   q/k/v, gates, per-head norm, output), for a like-for-like layer comparison
   sequential      the token-loop oracle (T x parameter-count memory: small T only)
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
 from bench.timing import sync  # noqa: E402
-from kernels import neural_memory  # noqa: E402
+from titans_kernels import neural_memory  # noqa: E402
 
 
 def op_inputs(cfg, device):

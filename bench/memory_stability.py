@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from bench.config import read_config  # noqa: E402
 from bench.outputs import cpu_description, write_report  # noqa: E402
-from kernels import neural_memory  # noqa: E402
+from titans_kernels import neural_memory  # noqa: E402
 
 REQUIRED = ("head_dim", "expansion", "tokens", "batch", "streams", "momentum", "chunk", "depth", "forms",
             "theta_range", "bisection_steps", "blowup", "seed")

@@ -42,9 +42,9 @@ warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
 from bench.config import read_config  # noqa: E402
 from bench.mqar_task import Vocab, loss_and_accuracy, make_batch, sequence_length  # noqa: E402
 from bench.outputs import cpu_description, write_report  # noqa: E402
-from pretrain.config import OptimSection  # noqa: E402
-from pretrain.param_groups import parameter_groups  # noqa: E402
-from pretrain.schedule import learning_rate  # noqa: E402
+from titans_pretrain.config import OptimSection  # noqa: E402
+from titans_pretrain.param_groups import parameter_groups  # noqa: E402
+from titans_pretrain.schedule import learning_rate  # noqa: E402
 from titans_core.config import TitansFields  # noqa: E402
 from titans_megatron import TitansConfig, build_model  # noqa: E402
 

@@ -35,7 +35,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from bench.outputs import cpu_description, package_version, write_report  # noqa: E402
-from data_prep.manifest import Manifest  # noqa: E402
+from titans_data_prep.manifest import Manifest  # noqa: E402
 CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
 
 
@@ -149,7 +149,7 @@ def main():
     work = args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_")
     os.makedirs(work, exist_ok=True)
     try:
-        from data_prep.train_tokenizer import train
+        from titans_data_prep.train_tokenizer import train
 
         model = os.path.join(work, "tok.model")
         train(CORPUS, cfg["tokenizer_vocab_size"], model)

@@ -1,6 +1,6 @@
 """Training throughput per variant against Transformer++: tokens/s per device and MFU of one optimizer
-step, every model trained by the training loop's own code (pretrain.language_model.language_model_loss, the
-AdamW groups of pretrain.optim, the clipping of pretrain.distributed) at the preset's size, where each
+step, every model trained by the training loop's own code (titans_pretrain.language_model.language_model_loss, the
+AdamW groups of titans_pretrain.optim, the clipping of titans_pretrain.distributed) at the preset's size, where each
 variant's block count keeps the parameter count within 10% of the others (README preset table).
 
 One process, one device. A step: forward + backward over ``micro_batch`` sequences of random token ids
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from bench.config import config_device, read_config  # noqa: E402
 from bench.outputs import cpu_description, package_version, publish  # noqa: E402
 from bench.timing import describe_error, matmul_peak, time_steps  # noqa: E402
-from pretrain.device_peak import peak_tflops  # noqa: E402
+from titans_pretrain.device_peak import peak_tflops  # noqa: E402
 
 BASELINE = "transformer++"
 REQUIRED = ("device", "precision", "preset", "variants", "seq_length", "micro_batch", "warmup", "repeats",
@@ -47,9 +47,9 @@ def load_config(path):
 
 
 def make_step(variant, cfg, device, layout):
-    from pretrain import optim as optim_
-    from pretrain.config import OptimSection
-    from pretrain.language_model import language_model_loss
+    from titans_pretrain import optim as optim_
+    from titans_pretrain.config import OptimSection
+    from titans_pretrain.language_model import language_model_loss
     from titans_megatron import TitansConfig, build_model
     from titans_megatron.flops import matmul_parameters, training_flops_per_token
 
@@ -73,7 +73,7 @@ def make_step(variant, cfg, device, layout):
 
 
 def run(cfg, device):
-    from pretrain.distributed import init_distributed
+    from titans_pretrain.distributed import init_distributed
 
     layout = init_distributed(1)
     rows, start = [], time.time()
@@ -162,8 +162,8 @@ def main():
     args = p.parse_args()
     cfg = load_config(args.config)
     device = config_device(args.config, cfg)
-    from pretrain.config import ConfigError
-    from pretrain.language_model import check_training_precision
+    from titans_pretrain.config import ConfigError
+    from titans_pretrain.language_model import check_training_precision
 
     try:
         check_training_precision(cfg["precision"], device)

@@ -6,7 +6,7 @@ means ``sample/100BT/`` (FineWeb-Edu's layout); without one, every data file is 
 cannot be reached the error says so and how to work offline.
 """
 
-from data_prep.sources import SourceError, kind_of, list_files, looks_like_hub_id
+from titans_data_prep.sources import SourceError, kind_of, list_files, looks_like_hub_id
 
 
 def config_prefix(hf_config: str) -> str:

@@ -13,13 +13,13 @@ import shutil
 import time
 from typing import List, Optional
 
-from data_prep import tokenizer as tok
-from data_prep.manifest import (MANIFEST, Manifest, ShardRecord, SplitRecord, TokenizerRecord, check_same_arguments,
+from titans_data_prep import tokenizer as tok
+from titans_data_prep.manifest import (MANIFEST, Manifest, ShardRecord, SplitRecord, TokenizerRecord, check_same_arguments,
                                 read_json, write_json)
-from data_prep.plan import plan_parts
-from data_prep.shards import read_shard, write_shard
-from data_prep.sources import MissingColumn, SourceError, count_rows
-from data_prep.worker import STATE_DIR, Settings, init, part_record_path, partial_shard_path, process_part
+from titans_data_prep.plan import plan_parts
+from titans_data_prep.shards import read_shard, write_shard
+from titans_data_prep.sources import MissingColumn, SourceError, count_rows
+from titans_data_prep.worker import STATE_DIR, Settings, init, part_record_path, partial_shard_path, process_part
 
 SPLITS = ("train", "val")
 
@@ -99,7 +99,7 @@ def _merge_partials(output, split, records, seqs_per_shard):
 
 def run(args, log=print) -> Optional[Manifest]:
     """Returns the manifest (None when the output was already complete)."""
-    from data_prep.hub import resolve_input
+    from titans_data_prep.hub import resolve_input
 
     paths = resolve_input(args, log)
     sp, info = tok.load(args.tokenizer)

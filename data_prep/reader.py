@@ -9,7 +9,7 @@ together complete); the tensor-parallel ranks of a replica pass the same data-pa
 import os
 from typing import List
 
-from data_prep.manifest import Manifest
+from titans_data_prep.manifest import Manifest
 
 
 def shard_paths(directory: str, split: str) -> List[str]:

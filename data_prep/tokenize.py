@@ -9,15 +9,14 @@ seq_len + 1 tokens (see docs/data.md for the shard format, the manifest, the tai
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 
-from data_prep.manifest import ArgumentMismatch  # noqa: E402
-from data_prep.sources import SourceError  # noqa: E402
-from data_prep.tokenizer import TokenizerError  # noqa: E402
+from titans_data_prep.manifest import ArgumentMismatch  # noqa: E402
+from titans_data_prep.sources import SourceError  # noqa: E402
+from titans_data_prep.tokenizer import TokenizerError  # noqa: E402
 
 
 def positive(text):
@@ -56,7 +55,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from data_prep.pipeline import run
+    from titans_data_prep.pipeline import run
 
     try:
         run(args)

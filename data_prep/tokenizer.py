@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from data_prep.manifest import file_sha256
+from titans_data_prep.manifest import file_sha256
 
 
 class TokenizerError(Exception):

@@ -8,14 +8,13 @@ tests and the demo. Writes MODEL and MODEL's .vocab beside it, atomically.
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 
-from data_prep.sources import SourceError, count_rows, list_files, read_texts  # noqa: E402
+from titans_data_prep.sources import SourceError, count_rows, list_files, read_texts  # noqa: E402
 
 # The LLaMA-2 tokenizer's trainer settings that decide its ids and behaviour.
 LLAMA2_LAYOUT = dict(model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True,

@@ -8,14 +8,13 @@ the vocabulary; keys are unique; split totals match the shards; no unlisted shar
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 
-from data_prep.manifest import Manifest, ManifestError, file_sha256  # noqa: E402
-from data_prep.shards import read_shard  # noqa: E402
+from titans_data_prep.manifest import Manifest, ManifestError, file_sha256  # noqa: E402
+from titans_data_prep.shards import read_shard  # noqa: E402
 
 
 def check_shard(path, record, manifest):

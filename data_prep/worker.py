@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from data_prep import tokenizer as tok
-from data_prep.manifest import write_json
-from data_prep.packing import Packer
-from data_prep.shards import write_shard
-from data_prep.sources import read_texts
+from titans_data_prep import tokenizer as tok
+from titans_data_prep.manifest import write_json
+from titans_data_prep.packing import Packer
+from titans_data_prep.shards import write_shard
+from titans_data_prep.sources import read_texts
 
 STATE_DIR = ".tokenize_state"
 MAX_LISTED_SKIPS = 1000  # per part; every skip is counted, the first ones are listed with row and reason

@@ -43,9 +43,9 @@ never).
 import os
 from typing import Dict, List, Optional, Sequence
 
-from eval_suite import jsonl
-from eval_suite.errors import EvalInputError
-from eval_suite.model import EvalModel
+from titans_eval_suite import jsonl
+from titans_eval_suite.errors import EvalInputError
+from titans_eval_suite.model import EvalModel
 
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 FIELDS = ("input", "question", "target")

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from eval_suite.codec import Codec
-from eval_suite.errors import EvalInputError
-from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
+from titans_eval_suite.codec import Codec
+from titans_eval_suite.errors import EvalInputError
+from titans_pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 STATE_FILE = TRAIN_STATE
 
@@ -33,7 +33,7 @@ class Checkpoint:
 
 
 def check_folder(path: str) -> None:
-    """The check that needs no imports (pretrain.checkpoint's take seconds): eval_suite/run.py makes it
+    """The check that needs no imports (titans_pretrain.checkpoint's take seconds): eval_suite/run.py makes it
     before the others, so a mistyped path fails at once."""
     if not os.path.isdir(path):
         raise EvalInputError(f"checkpoint {path}: no such folder")
@@ -41,7 +41,7 @@ def check_folder(path: str) -> None:
 
 def _resolve(path: str):
     """(the iter folder, whether ``path`` named it through its ``latest``)."""
-    from pretrain.checkpoint import LATEST, CheckpointError, latest_dir
+    from titans_pretrain.checkpoint import LATEST, CheckpointError, latest_dir
 
     check_folder(path)
     try:
@@ -71,8 +71,8 @@ def _codec(path: str, label: str, vocab_size: int) -> Codec:
 
 def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     """Everything about the checkpoint at ``path`` that can be known without building its model."""
-    from pretrain.checkpoint import CheckpointError, config_at, missing_files, trained_tokenizer
-    from pretrain.config import ConfigError
+    from titans_pretrain.checkpoint import CheckpointError, config_at, missing_files, trained_tokenizer
+    from titans_pretrain.config import ConfigError
 
     folder, via_latest = _resolve(path)
     label = f"checkpoint {path}" + (f" ({os.path.basename(folder)})" if via_latest else "")
@@ -84,7 +84,7 @@ def inspect(path: str, tokenizer: Optional[str] = None) -> Checkpoint:
     missing = missing_files(folder, saved)
     if missing:
         raise EvalInputError(f"{label}: {missing}")
-    try:  # as pretrain.checkpoint.load_model builds it: in one process
+    try:  # as titans_pretrain.checkpoint.load_model builds it: in one process
         train_config = config_at(saved, tensor=1)
         model_config = train_config.model_config(perform_initialization=False)
     except (ConfigError, ValueError, TypeError) as e:

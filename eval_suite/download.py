@@ -15,16 +15,15 @@ name and renamed when complete; an existing complete file is kept.
 """
 
 import os, sys  # noqa: E401  (runs by path)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 from typing import Callable, Iterable  # noqa: E402
 
-from eval_suite.babilong import TASKS as BABILONG_TASKS  # noqa: E402
-from eval_suite.perplexity import LAMBADA_FILE, WIKITEXT_FILE  # noqa: E402
+from titans_eval_suite.babilong import TASKS as BABILONG_TASKS  # noqa: E402
+from titans_eval_suite.perplexity import LAMBADA_FILE, WIKITEXT_FILE  # noqa: E402
 
 SOURCES = {"wikitext103": ("Salesforce/wikitext", "wikitext-103-raw-v1", "test"),
            "lambada": ("EleutherAI/lambada_openai", "default", "test"),
@@ -75,7 +74,7 @@ def harness(log) -> None:
     """lm-evaluation-harness fetches its tasks' datasets into the Hugging Face cache."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from eval_suite.harness import PAPER_TASKS
+    from titans_eval_suite.harness import PAPER_TASKS
 
     get_task_dict(list(PAPER_TASKS), TaskManager())
     log(f"lm-evaluation-harness tasks cached: {', '.join(PAPER_TASKS)}")

@@ -13,9 +13,8 @@ appears whole or not at all.
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's modules importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import glob  # noqa: E402
@@ -24,13 +23,11 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-from eval_suite.errors import EvalInputError  # noqa: E402
+from titans_data_prep.corpus import CORPUS  # noqa: E402
+from titans_eval_suite.errors import EvalInputError  # noqa: E402
 
-ROOT = os.path.dirname(_here)
-CORE = os.path.join(ROOT, "titans_core")
-MEMORY_OP = os.path.join(ROOT, "kernels", "memory_op")
 # The exported folder's stand-in for titans_core/memory.py: the op from this folder's copy of it.
-MEMORY_SHIM = '''"""The memory op: this folder's copy of kernels.memory_op (Triton on CUDA, torch elsewhere)."""
+MEMORY_SHIM = '''"""The memory op: this folder's copy of titans_kernels.memory_op (Triton on CUDA, torch elsewhere)."""
 
 from .memory_op import neural_memory
 from .mlp import mlp_forward
@@ -53,7 +50,7 @@ def check_output(output: str) -> None:
 def tokenizer_texts(limit: int = 300) -> list:
     """Texts the tokenizer is checked on: the shipped corpus's documents and edge cases."""
     texts = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "data_prep", "corpus", "*.jsonl.gz"))):
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(CORPUS), "*.jsonl.gz"))):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             texts += [json.loads(line)["text"] for line in f]
     return texts[:limit] + PROBES
@@ -61,14 +58,17 @@ def tokenizer_texts(limit: int = 300) -> list:
 
 def write_code(folder: str) -> None:
     """titans_core's modules and the memory op's, side by side (transformers copies a module's relative
-    imports from the same folder)."""
-    for path in glob.glob(os.path.join(CORE, "*.py")):
+    imports from the same folder), from wherever the packages are installed."""
+    import titans_core
+    import titans_kernels.memory_op
+
+    for path in glob.glob(os.path.join(os.path.dirname(titans_core.__file__), "*.py")):
         name = os.path.basename(path)
         if name != "__init__.py":
             shutil.copyfile(path, os.path.join(folder, name))
     with open(os.path.join(folder, "memory.py"), "w") as f:
         f.write(MEMORY_SHIM)
-    for path in glob.glob(os.path.join(MEMORY_OP, "*.py")):
+    for path in glob.glob(os.path.join(os.path.dirname(titans_kernels.memory_op.__file__), "*.py")):
         name = os.path.basename(path)
         if name == "triton_compile.py":  # a command-line tool, not part of the op
             continue
@@ -79,7 +79,7 @@ def export(checkpoint: str, output: str, tokenizer=None) -> str:
     import torch
     from transformers import GenerationConfig
 
-    from eval_suite.checkpoint import inspect
+    from titans_eval_suite.checkpoint import inspect
     from titans_core.hf_config import HF_VARIANTS
     from titans_hf import TitansForCausalLM
     from titans_hf.convert import hf_config, hf_state_dict
@@ -87,7 +87,7 @@ def export(checkpoint: str, output: str, tokenizer=None) -> str:
 
     check_output(output)
     checked = inspect(checkpoint, tokenizer)
-    from pretrain.checkpoint import CheckpointError, load_model
+    from titans_pretrain.checkpoint import CheckpointError, load_model
 
     try:
         _, model_config, megatron, saved = load_model(checked.folder)

@@ -5,7 +5,7 @@ From Python::
 
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from eval_suite.harness import TitansHarnessLM    # importing this module registers "titans"
+    from titans_eval_suite.harness import TitansHarnessLM    # importing this module registers "titans"
 
     lm_eval.simple_evaluate(model=TitansHarnessLM(model=eval_model), tasks=["piqa"])   # an EvalModel
     lm_eval.simple_evaluate(model="titans", model_args="checkpoint=DIR,tokenizer=PATH,batch_size=8",
@@ -15,7 +15,7 @@ From the shell: lm-eval 0.4.13 finds models only in its own registry (no entry p
 ``module:Class``), so its ``lm_eval`` command cannot load ours; this module's ``main`` is lm-eval's
 command line (same arguments) with ``titans`` registered::
 
-    python -m eval_suite.harness run --model titans --model_args checkpoint=DIR,tokenizer=PATH \\
+    python -m titans_eval_suite.harness run --model titans --model_args checkpoint=DIR,tokenizer=PATH \\
         --batch_size 8 --tasks piqa hellaswag [--include_path my_tasks/] [--limit 100]
 
 How each request type is computed (the model is used as trained: documents start with BOS):
@@ -53,9 +53,8 @@ For fully local files, write a task YAML over jsonl and pass its folder as ``inc
 """
 
 import os, sys  # noqa: E401  (also runs by path: python eval_suite/harness.py run ...)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import difflib  # noqa: E402
 import functools  # noqa: E402
@@ -73,9 +72,9 @@ from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen
                                   postprocess_generated_text)
 from tqdm import tqdm  # noqa: E402
 
-from eval_suite.errors import EvalInputError  # noqa: E402
+from titans_eval_suite.errors import EvalInputError  # noqa: E402
 
-from eval_suite.model import EvalModel  # noqa: E402
+from titans_eval_suite.model import EvalModel  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +373,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run as a script (-m or by path), this file is the module __main__: the importable eval_suite.harness
+    # Run as a script (-m or by path), this file is the module __main__: the importable titans_eval_suite.harness
     # registers the model, as registering this copy's class too would clash with it under the same name.
-    from eval_suite.harness import main as _main
+    from titans_eval_suite.harness import main as _main
 
     _main()

@@ -5,7 +5,7 @@ import json
 import zlib
 from typing import Iterator, Optional, Tuple
 
-from eval_suite.errors import EvalInputError
+from titans_eval_suite.errors import EvalInputError
 
 
 def rows(path: str, what: str, limit: Optional[int] = None) -> Iterator[Tuple[int, dict]]:

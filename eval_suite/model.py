@@ -14,9 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from eval_suite.checkpoint import inspect
-from eval_suite.codec import Codec
-from eval_suite.errors import EvalInputError
+from titans_eval_suite.checkpoint import inspect
+from titans_eval_suite.codec import Codec
+from titans_eval_suite.errors import EvalInputError
 
 
 @dataclass
@@ -42,9 +42,9 @@ class EvalModel(Codec):
     @classmethod
     def load(cls, checkpoint_dir: str, tokenizer: Optional[str] = None, batch_size: int = 8,
              checked=None) -> "EvalModel":
-        """``checked``: the folder's ``eval_suite.checkpoint.inspect`` (made here when None)."""
-        from pretrain.checkpoint import CheckpointError
-        from pretrain.checkpoint import load_model
+        """``checked``: the folder's ``titans_eval_suite.checkpoint.inspect`` (made here when None)."""
+        from titans_pretrain.checkpoint import CheckpointError
+        from titans_pretrain.checkpoint import load_model
 
         checked = checked or inspect(checkpoint_dir, tokenizer)
         try:
@@ -59,7 +59,7 @@ class EvalModel(Codec):
     # scoring
 
     def _autocast(self):
-        from pretrain.language_model import autocast
+        from titans_pretrain.language_model import autocast
 
         return autocast(self.config.run.precision, self.device)
 

@@ -58,11 +58,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
-from data_prep.corpus import CORPUS
-from eval_suite import jsonl
-from eval_suite.codec import Codec
-from eval_suite.errors import EvalInputError
-from eval_suite.model import EvalModel
+from titans_data_prep.corpus import CORPUS
+from titans_eval_suite import jsonl
+from titans_eval_suite.codec import Codec
+from titans_eval_suite.errors import EvalInputError
+from titans_eval_suite.model import EvalModel
 
 KINDS = ("passkey", "number", "word")
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384)

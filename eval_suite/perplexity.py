@@ -29,9 +29,9 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from eval_suite import jsonl
-from eval_suite.errors import EvalInputError
-from eval_suite.model import EvalModel
+from titans_eval_suite import jsonl
+from titans_eval_suite.errors import EvalInputError
+from titans_eval_suite.model import EvalModel
 
 WIKITEXT_FILE = os.path.join("wikitext103", "test.txt")
 LAMBADA_FILE = os.path.join("lambada_openai", "test.jsonl")

@@ -19,9 +19,8 @@ heatmap per checkpoint and the runs' loss curves from their TensorBoard logs.
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's modules importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
@@ -29,13 +28,13 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-from eval_suite.checkpoint import Checkpoint, check_folder, inspect  # noqa: E402
-from eval_suite.errors import EvalInputError  # noqa: E402
-from eval_suite.model import EvalModel  # noqa: E402
-from eval_suite.settings import LOCAL_TASKS, EvalConfig  # noqa: E402
+from titans_configs import config_path  # noqa: E402
+from titans_eval_suite.checkpoint import Checkpoint, check_folder, inspect  # noqa: E402
+from titans_eval_suite.errors import EvalInputError  # noqa: E402
+from titans_eval_suite.model import EvalModel  # noqa: E402
+from titans_eval_suite.settings import LOCAL_TASKS, EvalConfig  # noqa: E402
 
-ROOT = os.path.dirname(_here)
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "eval", "paper.json")
+DEFAULT_CONFIG = config_path("eval", "paper.json")
 DATA_TASKS = ("wikitext103", "lambada", "babilong")
 
 
@@ -71,7 +70,7 @@ def check_inputs(config: EvalConfig, checkpoints: List[str], data_dir: Optional[
     files, the checkpoints (eval_suite/checkpoint.py) and their tokenizers, the needle prompts' layouts
     with each tokenizer, the stride against each training context, lm-eval's tasks (built), the output
     folder. Raises EvalInputError naming what cannot work."""
-    from eval_suite import babilong, needle, perplexity
+    from titans_eval_suite import babilong, needle, perplexity
 
     tasks = config.run.tasks
     if not tasks:
@@ -107,7 +106,7 @@ def check_inputs(config: EvalConfig, checkpoints: List[str], data_dir: Optional[
     harness_tasks = []
     names = [t for t in tasks if t not in LOCAL_TASKS]
     if names:
-        from eval_suite import harness
+        from titans_eval_suite import harness
 
         harness_tasks = harness.check_tasks(names, config.harness.include_path, LOCAL_TASKS)
     if output is not None:
@@ -119,7 +118,7 @@ def evaluate(model: EvalModel, config: EvalConfig, data_dir: Optional[str], harn
              out: Optional[dict] = None, log=print) -> dict:
     """{task: results} for one model, filled into ``out`` as each task ends (kept if a later one fails);
     ``harness_tasks``: check_inputs' built lm-eval tasks (or their names)."""
-    from eval_suite import babilong, needle, perplexity
+    from titans_eval_suite import babilong, needle, perplexity
 
     tasks, out = config.run.tasks, {} if out is None else out
     if "wikitext103" in tasks:
@@ -129,7 +128,7 @@ def evaluate(model: EvalModel, config: EvalConfig, data_dir: Optional[str], harn
         log(f"[{model.name}] LAMBADA")
         out["lambada"] = perplexity.lambada(model, data_dir, config.perplexity.limit)
     if harness_tasks:
-        from eval_suite import harness
+        from titans_eval_suite import harness
 
         log(f"[{model.name}] lm-evaluation-harness: {', '.join(t for t in tasks if t not in LOCAL_TASKS)}")
         out["harness"] = harness.run_tasks(model, harness_tasks, config.harness.include_path, config.harness.limit,
@@ -172,7 +171,7 @@ def evaluate_all(inputs: Inputs, config: EvalConfig, data_dir: Optional[str], ou
     and the failing one's finished tasks (its entry's "error" says why it is incomplete)."""
     import json
 
-    from eval_suite import report
+    from titans_eval_suite import report
 
     for checked in inputs.checkpoints:
         try:
@@ -219,8 +218,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import json
 
-    from eval_suite import report, settings
-    from pretrain.config import ConfigError
+    from titans_eval_suite import report, settings
+    from titans_pretrain.config import ConfigError
 
     start = time.time()
     try:

@@ -6,7 +6,7 @@ is a ConfigError "section.key must be ..., got ...")."""
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from pretrain.config import at_least, rule
+from titans_pretrain.config import at_least, rule
 
 LOCAL_TASKS = ("wikitext103", "lambada", "needle", "babilong")
 
@@ -83,6 +83,6 @@ class EvalConfig:
 
 
 def load(path: Optional[str], overrides: List[str] = ()) -> EvalConfig:
-    from pretrain.config import load_config
+    from titans_pretrain.config import load_config
 
     return load_config(path, overrides, config=EvalConfig())

@@ -27,11 +27,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import MANIFEST, Manifest, ManifestError, file_sha256, write_json
-from pretrain import hf_import, moments, resharding
-from pretrain import sharded_checkpoint as sharded
-from pretrain.config import TrainConfig, config_from_dict
-from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
+from titans_data_prep.manifest import MANIFEST, Manifest, ManifestError, file_sha256, write_json
+from titans_pretrain import hf_import, moments, resharding
+from titans_pretrain import sharded_checkpoint as sharded
+from titans_pretrain.config import TrainConfig, config_from_dict
+from titans_pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 LATEST = "latest"
 TOKENIZER = "tokenizer.model"
@@ -145,7 +145,7 @@ class PendingSave:
     def wait(self) -> str:
         """Collective: every rank's write completes (errors raised on the rank that had them), then rank 0
         finishes. Returns the checkpoint's folder."""
-        from pretrain.distributed import barrier
+        from titans_pretrain.distributed import barrier
 
         if self.future is not None:
             self.future.result()
@@ -162,7 +162,7 @@ def save(root: str, step: int, model, optimizer, data_states: list, config: dict
     RNG state; rank 0 the train state, the optimizer's groups and step, the ``bundle``. Returns the
     checkpoint's folder, or with ``asynchronous`` a PendingSave whose state was copied to host memory:
     training may go on while it is written; ``wait`` (or ``ready`` and ``finish`` on rank 0) completes it."""
-    from pretrain.distributed import barrier
+    from titans_pretrain.distributed import barrier
 
     final = iteration_dir(root, step)
     tmp = final + ".tmp"

@@ -8,7 +8,7 @@ every global batch holds the same samples (in the same micro-batches, at a fixed
 whatever D, and the position is one number, the samples consumed: a run saved at one data-parallel
 size resumes at another at exactly the next sample. Tensor-parallel ranks of one replica pass the same
 data-parallel rank and so read the same samples. A rank reads only its own samples: each shard's
-member headers are indexed once, then a sample's members are read alone (data_prep.shards.ShardReader).
+member headers are indexed once, then a sample's members are read alone (titans_data_prep.shards.ShardReader).
 """
 
 import os
@@ -17,8 +17,8 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from data_prep.manifest import Manifest, ManifestError
-from data_prep.shards import ShardReader
+from titans_data_prep.manifest import Manifest, ManifestError
+from titans_data_prep.shards import ShardReader
 
 
 class DataError(Exception):

@@ -11,9 +11,8 @@
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -21,12 +20,19 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-from pretrain.stopping import EXIT_REQUEUE  # noqa: E402
+import titans_data_prep  # noqa: E402
+import titans_eval_suite  # noqa: E402
+import titans_pretrain  # noqa: E402
+from titans_configs import config_path  # noqa: E402
+from titans_data_prep.corpus import CORPUS  # noqa: E402
+from titans_pretrain.stopping import EXIT_REQUEUE  # noqa: E402
 
-ROOT = os.path.dirname(_here)
-CORPUS = os.path.join(ROOT, "data_prep", "corpus", "python_docs.jsonl.gz")
-CONFIG = os.path.join(ROOT, "configs", "tiny_mag.json")
-EVAL_CONFIG = os.path.join(ROOT, "configs", "eval", "tiny.json")
+CONFIG = config_path("tiny_mag.json")
+EVAL_CONFIG = config_path("eval", "tiny.json")
+# The commands' folders, wherever the package is installed (the checkout's folders in an editable install)
+DATA_PREP, PRETRAIN, EVAL_SUITE = (os.path.dirname(m.__file__) for m in (titans_data_prep, titans_pretrain,
+                                                                          titans_eval_suite))
+ROOT = os.path.dirname(PRETRAIN)
 
 
 def stage(title, cmd, ok=(0,)):
@@ -51,21 +57,21 @@ def main(argv=None):
     with open(CONFIG) as f:
         vocab = json.load(f)["model"]["overrides"]["vocab_size"]
     py = sys.executable
-    stage("1. tokenizer", [py, os.path.join(ROOT, "data_prep", "train_tokenizer.py"), "--input", CORPUS,
+    stage("1. tokenizer", [py, os.path.join(DATA_PREP, "train_tokenizer.py"), "--input", str(CORPUS),
                            "--vocab-size", str(vocab), "--output", tok])
-    stage("2. shards", [py, os.path.join(ROOT, "data_prep", "tokenize.py"), "--input", CORPUS, "--tokenizer", tok,
+    stage("2. shards", [py, os.path.join(DATA_PREP, "tokenize.py"), "--input", str(CORPUS), "--tokenizer", tok,
                         "--output", shards, "--seq-len", "128", "--seqs-per-shard", "64", "--val-docs", "10"])
-    stage("2b. verify", [py, os.path.join(ROOT, "data_prep", "verify.py"), shards])
-    train = [py, os.path.join(ROOT, "pretrain", "train.py"), "--config", CONFIG, f"data.dir={shards}",
+    stage("2b. verify", [py, os.path.join(DATA_PREP, "verify.py"), shards])
+    train = [py, os.path.join(PRETRAIN, "train.py"), "--config", CONFIG, f"data.dir={shards}",
              f"checkpoint.dir={ckpt}", f"schedule.train_steps={args.steps}",
              f"checkpoint.interval={max(1, args.steps // 4)}", f"eval.interval={max(1, args.steps // 4)}"]
     half = args.steps // 2
     stage(f"3. train to step {half} of {args.steps}, then stop as if preempted",
           train + [f"run.stop_at_step={half}"], ok=(EXIT_REQUEUE,))
     stage("4. resume from the checkpoint and finish", train)
-    stage("5. evaluate the final checkpoint", [py, os.path.join(ROOT, "pretrain", "val_loss.py"), "--checkpoint", ckpt])
+    stage("5. evaluate the final checkpoint", [py, os.path.join(PRETRAIN, "val_loss.py"), "--checkpoint", ckpt])
     report = os.path.join(work, "eval")
-    stage("6. eval_suite: needle in a haystack, report", [py, os.path.join(ROOT, "eval_suite", "run.py"), "--checkpoint",
+    stage("6. eval_suite: needle in a haystack, report", [py, os.path.join(EVAL_SUITE, "run.py"), "--checkpoint",
                                                           ckpt, "--config", EVAL_CONFIG, "--output", report])
 
     records = {}

@@ -6,8 +6,8 @@ import glob
 import json
 import os
 
-from pretrain import resharding
-from pretrain.train_state import TRAIN_STATE
+from titans_pretrain import resharding
+from titans_pretrain.train_state import TRAIN_STATE
 
 HF_CONFIG = "config.json"
 

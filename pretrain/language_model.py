@@ -5,8 +5,8 @@ from typing import Optional
 
 import torch
 
-from pretrain.config import ConfigError
-from pretrain.data import ShardStream
+from titans_pretrain.config import ConfigError
+from titans_pretrain.data import ShardStream
 
 
 def autocast(precision: str, device: torch.device):

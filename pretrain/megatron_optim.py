@@ -20,9 +20,9 @@ from typing import Dict
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pretrain import moments as moments_
-from pretrain.moments import MOMENTS
-from pretrain.param_groups import no_decay, parameter_groups
+from titans_pretrain import moments as moments_
+from titans_pretrain.moments import MOMENTS
+from titans_pretrain.param_groups import no_decay, parameter_groups
 
 
 def _is_cuda(device) -> bool:
@@ -67,7 +67,7 @@ def wrap_model(model, model_config, distributed_optimizer: bool, overlap_grad_re
 
 
 def build_optimizer(ddp_model, optim, distributed_optimizer: bool):
-    """Megatron's AdamW for ``optim`` (pretrain.config.OptimSection), parameters named by
+    """Megatron's AdamW for ``optim`` (titans_pretrain.config.OptimSection), parameters named by
     ``optim.no_decay`` exempt from weight decay as on the torch path. Parameters, gradients and
     optimizer state are fp32 (bf16 is autocast in the forward). Gradient clipping stays with the
     training loop (clip_grad=0 here), which skips non-finite steps first."""
@@ -263,7 +263,7 @@ class MegatronAdamW:
 
 class _CheckpointView:
     """The AdamW state in torch.optim's form (``state`` by parameter, ``param_groups`` as
-    pretrain.optim.TorchAdamW makes them, ``load_state_dict``), so pretrain/resharding.py saves and
+    titans_pretrain.optim.TorchAdamW makes them, ``load_state_dict``), so pretrain/resharding.py saves and
     loads one format on both paths. Reading ``state`` is collective over the data-parallel group under
     the distributed optimizer (data-parallel rank 0 gets the moments: it writes them)."""
 

@@ -3,7 +3,7 @@ the learning rate: pretrain/schedule.py).
 
 Two paths with one interface (``optim.implementation``): torch's AdamW over gradients averaged here
 (``TorchAdamW``; CPU, or any device), and Megatron-core's DDP and (distributed) optimizer
-(``pretrain.megatron_optim.MegatronAdamW``; the GPU default). The loop calls, per step:
+(``titans_pretrain.megatron_optim.MegatronAdamW``; the GPU default). The loop calls, per step:
 ``set_lr``, ``zero_grad``, a ``micro_batch(last)`` context around each forward/backward,
 ``reduce_gradients`` (returns the global gradient norm; the loop skips non-finite steps on it) and
 ``step(norm)`` (clips to ``optim.grad_clip``, updates). ``model`` is what the forward runs on,
@@ -16,9 +16,9 @@ import contextlib
 
 import torch
 
-from pretrain import distributed as dist_
-from pretrain.config import OptimSection
-from pretrain.param_groups import parameter_groups
+from titans_pretrain import distributed as dist_
+from titans_pretrain.config import OptimSection
+from titans_pretrain.param_groups import parameter_groups
 
 
 def implementation(optim: OptimSection, device: torch.device) -> str:
@@ -31,7 +31,7 @@ def implementation(optim: OptimSection, device: torch.device) -> str:
 def build(model: torch.nn.Module, model_config, optim: OptimSection, layout):
     """The optimizer path ``optim.implementation`` names, over ``model`` (already on its device)."""
     if implementation(optim, layout.device) == "megatron":
-        from pretrain.megatron_optim import MegatronAdamW
+        from titans_pretrain.megatron_optim import MegatronAdamW
 
         return MegatronAdamW(model, model_config, optim)
     return TorchAdamW(model, optim, layout, model_config.sequence_parallel)

@@ -5,7 +5,7 @@ from typing import List
 
 import torch
 
-from pretrain.config import OptimSection
+from titans_pretrain.config import OptimSection
 
 
 def no_decay(name: str, optim: OptimSection) -> bool:

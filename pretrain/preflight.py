@@ -10,11 +10,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import List
 
-from pretrain import checkpoint as ckpt
-from pretrain.config import ConfigError, TrainConfig
-from pretrain.data import DataError, ShardStream, read_manifest
-from pretrain.distributed import model_parallel_sizes
-from data_prep.manifest import Manifest
+from titans_pretrain import checkpoint as ckpt
+from titans_pretrain.config import ConfigError, TrainConfig
+from titans_pretrain.data import DataError, ShardStream, read_manifest
+from titans_pretrain.distributed import model_parallel_sizes
+from titans_data_prep.manifest import Manifest
 
 
 def _writable(directory: str) -> None:

@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
-from pretrain import moments as moments_
+from titans_pretrain import moments as moments_
 
 FORMAT = "titans-tp-pieces-1"
 

@@ -2,7 +2,7 @@
 
 import math
 
-from pretrain.config import OptimSection
+from titans_pretrain.config import OptimSection
 
 
 def learning_rate(step: int, optim: OptimSection, train_steps: int) -> float:

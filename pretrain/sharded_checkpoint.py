@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadat
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from pretrain import resharding
+from titans_pretrain import resharding
 
 FORMAT = "titans-dcp-1"
 MOMENTS = ("exp_avg", "exp_avg_sq")

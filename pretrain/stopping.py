@@ -6,8 +6,8 @@ import signal
 import time
 from typing import Optional
 
-from pretrain import distributed as dist_
-from pretrain.config import RunSection
+from titans_pretrain import distributed as dist_
+from titans_pretrain.config import RunSection
 
 # Exit status after a stop once the checkpoint is saved: the SLURM launcher requeues the job on it.
 EXIT_REQUEUE = 3

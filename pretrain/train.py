@@ -9,9 +9,8 @@ configuration or data (nothing trained); 1 aborted after run.max_bad_steps non-f
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 
@@ -24,21 +23,21 @@ def main(argv=None):
     p.add_argument("--world", type=int, default=None, help="with --check: the number of processes the run will have "
                    "(default: this launch's WORLD_SIZE / SLURM_NTASKS, else 1)")
     args = p.parse_args(argv)
-    from pretrain.config import ConfigError, load_config
+    from titans_pretrain.config import ConfigError, load_config
 
     try:  # before the imports of torch and megatron-core (seconds): a mistyped override is answered at once
         config = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.data import DataError
-    from pretrain.distributed import LaunchError
-    from pretrain.trainer import TrainingAborted, train
+    from titans_pretrain.checkpoint import CheckpointError
+    from titans_pretrain.data import DataError
+    from titans_pretrain.distributed import LaunchError
+    from titans_pretrain.trainer import TrainingAborted, train
 
     try:
         if args.check:
-            from pretrain.preflight import check
+            from titans_pretrain.preflight import check
 
             world = args.world or int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
             print("\n".join(check(config, world).lines), flush=True)

@@ -19,10 +19,10 @@ class TrainStateError(Exception):
 @dataclass
 class TrainState:
     step: int
-    data: List[dict]  # [the global data position] (pretrain.data.ShardStream.state_dict; before 2026-12-02 one per
+    data: List[dict]  # [the global data position] (titans_pretrain.data.ShardStream.state_dict; before 2026-12-02 one per
     # data-parallel rank, in a per-rank order that cannot be resumed now)
-    config: dict  # pretrain.config.TrainConfig.as_dict()
-    layout: dict  # pretrain.distributed.Layout.as_dict(): tensor, data, ...
+    config: dict  # titans_pretrain.config.TrainConfig.as_dict()
+    layout: dict  # titans_pretrain.distributed.Layout.as_dict(): tensor, data, ...
     version: int = VERSION
     folder: str = field(default="", compare=False)  # where it was read from (not written)
 

@@ -14,18 +14,18 @@ from typing import Callable, Optional
 
 import torch
 
-from pretrain import checkpoint as ckpt
-from pretrain import distributed as dist_
-from pretrain import optim as optim_
-from pretrain import preflight
-from pretrain.config import TrainConfig
-from pretrain.data import ShardStream
-from pretrain.prefetch import Prefetcher
-from pretrain.device_peak import peak_tflops
-from pretrain.language_model import check_training_precision, language_model_loss, validation_loss
-from pretrain.schedule import learning_rate
-from pretrain.stopping import EXIT_REQUEUE, StopRule, StopSignals
-from pretrain.train_log import TrainLog
+from titans_pretrain import checkpoint as ckpt
+from titans_pretrain import distributed as dist_
+from titans_pretrain import optim as optim_
+from titans_pretrain import preflight
+from titans_pretrain.config import TrainConfig
+from titans_pretrain.data import ShardStream
+from titans_pretrain.prefetch import Prefetcher
+from titans_pretrain.device_peak import peak_tflops
+from titans_pretrain.language_model import check_training_precision, language_model_loss, validation_loss
+from titans_pretrain.schedule import learning_rate
+from titans_pretrain.stopping import EXIT_REQUEUE, StopRule, StopSignals
+from titans_pretrain.train_log import TrainLog
 from titans_megatron import build_model
 from titans_megatron.flops import matmul_parameters, training_flops_per_token
 

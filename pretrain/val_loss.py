@@ -7,9 +7,8 @@ any tensor-parallel size (it is loaded into one process). The data defaults to t
 """
 
 import os, sys  # noqa: E401  (runs by path: keep the stdlib's tokenize module importable)
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
-    sys.path[0] = os.path.dirname(_here)
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # the installed package (titans_*) is imported, never this folder's files by bare name
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -17,8 +16,8 @@ import math  # noqa: E402
 
 
 def validation(checkpoint_dir, data_dir=None, batches=None):
-    from pretrain.checkpoint import load_model
-    from pretrain.language_model import validation_loss
+    from titans_pretrain.checkpoint import load_model
+    from titans_pretrain.language_model import validation_loss
 
     config, model_config, model, saved = load_model(checkpoint_dir)
     data = data_dir or config.data.dir
@@ -34,9 +33,9 @@ def main(argv=None):
     p.add_argument("--data", default=None)
     p.add_argument("--batches", type=int, default=None, help="default: one pass over the val split")
     args = p.parse_args(argv)
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.config import ConfigError
-    from pretrain.data import DataError
+    from titans_pretrain.checkpoint import CheckpointError
+    from titans_pretrain.config import ConfigError
+    from titans_pretrain.data import DataError
 
     try:
         result = validation(args.checkpoint, args.data, args.batches)

@@ -48,7 +48,7 @@ fi
 if [ -n "${CONFIG:-}" ] && [ -z "${VARIANT:-}" ]; then
     # A config of one's own without VARIANT: its variant, not the default's.
     [ -f "$CONFIG" ] || die "no config $CONFIG"
-    VARIANT=$(cd "$TITANS_ROOT" && "$PYTHON" -c 'import sys; from pretrain.config import load_config
+    VARIANT=$(cd "$TITANS_ROOT" && "$PYTHON" -c 'import sys; from titans_pretrain.config import load_config
 print(load_config(sys.argv[1]).model.variant)' "$CONFIG") || die "could not read model.variant from $CONFIG"
 fi
 VARIANT=${VARIANT:-mag}

@@ -5,11 +5,20 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 import torch
 
 from tests.helpers import CORPUS, SEQ, VOCAB, corpus_texts, run_cli, shared_across_workers, tiny_overrides, train_main
+
+# Every run starts as a fresh machine would: the caches that libraries fill on first use (matplotlib's
+# font list, Triton's kernels, Hugging Face's hub and datasets) live in a folder of this session, so no
+# test passes only because an earlier run left a cache behind. Processes the tests start inherit it.
+TEST_CACHES = tempfile.mkdtemp(prefix="titans-test-caches-")
+for _var, _sub in (("MPLCONFIGDIR", "matplotlib"), ("TRITON_CACHE_DIR", "triton"), ("HF_HOME", "huggingface"),
+                   ("XDG_CACHE_HOME", "xdg")):
+    os.environ[_var] = os.path.join(TEST_CACHES, _sub)
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when it is first
 # imported (its own jit helpers are defined then), so it is set before any test module loads.
@@ -28,6 +37,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # a test using one is a `process` test, left out of `make test-fast`.
 SPAWNING_FIXTURES = {"tokenizer", "train_shards", "checkpoints", "mag", "slurm_cluster", "layout_runs"}
 FAST_TIER = os.environ.get("TITANS_TEST_FAST") == "1"  # set by `make test-fast`
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(TEST_CACHES, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,6 +69,11 @@ def _no_processes_in_the_fast_tier():
     if not FAST_TIER:
         yield
         return
+
+    try:  # matplotlib's first use scans the fonts with fc-list (a process): done here, before the guard
+        import matplotlib.font_manager  # noqa: F401
+    except ImportError:
+        pass
 
     def refuse(*args, **kwargs):
         raise AssertionError("this test starts a process: mark it `process` (pytestmark or @pytest.mark.process), "
@@ -104,7 +122,7 @@ def checkpoints(train_shards, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mag(checkpoints):
-    from eval_suite.model import EvalModel
+    from titans_eval_suite.model import EvalModel
 
     return EvalModel.load(str(checkpoints["mag"]), batch_size=3)
 

@@ -81,7 +81,7 @@ def train_main(args, check=False):
     import contextlib
     import io
 
-    from pretrain.train import main
+    from titans_pretrain.train import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

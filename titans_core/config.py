@@ -55,7 +55,7 @@ class TitansFields:
     conv_kernel: int = 4
     """Depthwise causal conv on q, k, v of the memory."""
     memory_backend: str = "auto"
-    """kernels.neural_memory backend: auto (Triton kernels on CUDA, else torch), triton, torch, sequential."""
+    """titans_kernels.neural_memory backend: auto (Triton kernels on CUDA, else torch), triton, torch, sequential."""
 
     # Attention and the variants (section 3).
     window_size: int = 2048

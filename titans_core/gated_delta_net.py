@@ -31,8 +31,9 @@ def initial_dt_bias(config, heads: int) -> torch.Tensor:
     if config.gdn_dt_init is None:
         return torch.ones(heads)
     lo, hi = (math.log(x) for x in config.gdn_dt_init)
-    dt = torch.exp(torch.rand(heads) * (hi - lo) + lo)
-    return dt + torch.log(-torch.expm1(-dt))
+    # in float64, then rounded: float32 exp/log differ in the last bit between CPUs' vector libraries
+    dt = torch.exp(torch.rand(heads).double() * (hi - lo) + lo)
+    return (dt + torch.log(-torch.expm1(-dt))).float()
 
 
 class GatedDeltaNetForward(StreamState):

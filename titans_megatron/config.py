@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
+from titans_kernels.memory_op import KNOWN_BACKENDS as MEMORY_BACKENDS
 from titans_core.config import MAC_RETRIEVALS, TITANS_VARIANTS, VARIANTS, TitansFields
 from titans_megatron.presets import preset_fields
 

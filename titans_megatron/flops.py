@@ -6,7 +6,7 @@ what an implementation does (no recomputation, no padding).
   + attention: 12 x hidden x (mean keys a query attends to), per attention layer (QK^T and AV, fwd+bwd)
   + Gated DeltaNet: 3 x 6 x d_k x d_v per value head (the recurrent form's read S^T k, rank-one write
     and readout S^T q; the chunked kernels compute the same state), per layer
-  + memory: 3 x the memory op's forward model (kernels/memory_op/flops.py) x heads, per memory layer,
+  + memory: 3 x the memory op's forward model (titans_kernels/memory_op/flops.py) x heads, per memory layer,
     and for MAC the retrieval of its memory tokens (N_l per segment, or one per token for own-query
     retrieval; 3 x 2 x the MLP's weights per token read)
 
@@ -19,7 +19,7 @@ both terms against torch's FLOP counter); Transformer++'s count (6N + causal att
 one its MFU target refers to.
 """
 
-from kernels.memory_op.flops import memory_forward_flops
+from titans_kernels.memory_op.flops import memory_forward_flops
 from titans_megatron.config import TitansConfig
 
 

@@ -6,7 +6,7 @@ Documents: every help topic of ``pydoc_data.topics`` (the Language Reference sec
 (LICENSE-PSF.txt). The committed file was built with CPython 3.11.7; another interpreter gives a
 slightly different corpus, which is why the output is committed rather than built at run time.
 
-    python -m data_prep.corpus.build [--output data_prep/corpus/python_docs.jsonl.gz]
+    python -m titans_data_prep.corpus.build [--output data_prep/corpus/python_docs.jsonl.gz]
 """
 
 import argparse
@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-from data_prep.corpus import CORPUS
+from titans_data_prep.corpus import CORPUS
 
 MIN_CHARS = 400
 # Modules with side effects on import (a browser, printing, GUI toolkits) or no documentation.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data_prep.manifest import FORMAT, MANIFEST, Manifest, ManifestError, ShardRecord, SplitRecord, TokenizerRecord
+from titans_data_prep.manifest import FORMAT, MANIFEST, Manifest, ManifestError, ShardRecord, SplitRecord, TokenizerRecord
 
 
 def _manifest() -> Manifest:

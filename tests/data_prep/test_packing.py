@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_prep.packing import Packer
+from titans_data_prep.packing import Packer
 
 
 def _pack(docs, seq_len):

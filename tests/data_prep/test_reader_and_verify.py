@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data_prep.reader import webdataset_for_rank
+from titans_data_prep.reader import webdataset_for_rank
 from tests.helpers import CORPUS, run_cli, tokenize
 
 pytestmark = pytest.mark.process  # starts processes: not in make test-fast

@@ -1,4 +1,4 @@
-"""data_prep.shards.ShardReader: any sample of a shard by index, equal to what read_shard yields in order;
+"""titans_data_prep.shards.ShardReader: any sample of a shard by index, equal to what read_shard yields in order;
 an incomplete shard refused by name."""
 
 import io
@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from data_prep.shards import ShardReader, read_shard, write_shard
+from titans_data_prep.shards import ShardReader, read_shard, write_shard
 
 
 def _samples(n, seed=0):

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from data_prep.shards import read_shard
+from titans_data_prep.shards import read_shard
 from tests.helpers import CORPUS, corpus_docs, run_cli, shard_bytes, tokenize
 
 pytestmark = pytest.mark.process  # starts processes: not in make test-fast

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from eval_suite import babilong
-from eval_suite.errors import EvalInputError
+from titans_eval_suite import babilong
+from titans_eval_suite.errors import EvalInputError
 
 QA1 = [{"input": f"Mary moved to the {place}. John went to the garden. Some noise here.", "question": "Where is Mary?",
         "target": place} for place in ("bathroom", "hallway", "kitchen")]

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from eval_suite.checkpoint import inspect
-from eval_suite.errors import EvalInputError
+from titans_eval_suite.checkpoint import inspect
+from titans_eval_suite.errors import EvalInputError
 from tests.helpers import SEQ
 
 

@@ -3,7 +3,7 @@ leaves complete files alone."""
 
 import pytest
 
-from eval_suite import babilong, download, perplexity
+from titans_eval_suite import babilong, download, perplexity
 
 ROWS = {
     ("Salesforce/wikitext", "wikitext-103-raw-v1", "test"): [

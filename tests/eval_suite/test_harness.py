@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.models.utils import postprocess_generated_text
 
-from eval_suite.harness import TitansHarnessLM, check_tasks, run_tasks, task_metrics
-from eval_suite.errors import EvalInputError
-from eval_suite.settings import LOCAL_TASKS
+from titans_eval_suite.harness import TitansHarnessLM, check_tasks, run_tasks, task_metrics
+from titans_eval_suite.errors import EvalInputError
+from titans_eval_suite.settings import LOCAL_TASKS
 from tests.helpers import ROOT
 
 TASKS = ROOT / "tests" / "eval_suite" / "tasks"  # their data_files are relative to ROOT
@@ -216,8 +216,8 @@ def test_built_tasks_are_reused(mag, offline):
 
 
 def test_command_line(checkpoints, tmp_path):
-    """`python -m eval_suite.harness` is lm-eval's command line with the model registered."""
-    proc = subprocess.run([sys.executable, "-m", "eval_suite.harness", "run", "--model", "titans", "--model_args",
+    """`python -m titans_eval_suite.harness` is lm-eval's command line with the model registered."""
+    proc = subprocess.run([sys.executable, "-m", "titans_eval_suite.harness", "run", "--model", "titans", "--model_args",
                            f"checkpoint={checkpoints['mag']}", "--tasks", "titans_test_mc", "--include_path",
                            str(TASKS), "--limit", "2", "--output_path", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from eval_suite import jsonl
-from eval_suite.errors import EvalInputError
+from titans_eval_suite import jsonl
+from titans_eval_suite.errors import EvalInputError
 
 
 def read(path):

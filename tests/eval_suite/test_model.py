@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_suite.errors import EvalInputError
+from titans_eval_suite.errors import EvalInputError
 
-from eval_suite.model import EvalModel
+from titans_eval_suite.model import EvalModel
 
 
 def direct(model, context, target):

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from eval_suite import needle
-from eval_suite.codec import Codec
-from eval_suite.errors import EvalInputError
+from titans_eval_suite import needle
+from titans_eval_suite.codec import Codec
+from titans_eval_suite.errors import EvalInputError
 
 LENGTHS = (256, 384, 512)  # the tiny tokenizer needs about 200 tokens for the instruction, needle and question
 DEPTHS = (0, 12.5, 50, 100)

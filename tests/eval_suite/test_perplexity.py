@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_suite import perplexity
-from eval_suite.errors import EvalInputError
+from titans_eval_suite import perplexity
+from titans_eval_suite.errors import EvalInputError
 
 
 def logprobs(model, inputs, n_targets, targets):

@@ -1,7 +1,7 @@
 """report.md and the heatmaps from results alone: tables without values are left out, "Avg." is over
 the same columns in every row, and a heatmap's cells and colour bar share one scale."""
 
-from eval_suite import report
+from titans_eval_suite import report
 
 ACCURACIES = {"piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc",
               "arc_challenge": "acc_norm", "social_iqa": "acc", "boolq": "acc"}

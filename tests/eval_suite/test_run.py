@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from eval_suite import report
-from eval_suite import run as evaluation
+from titans_eval_suite import report
+from titans_eval_suite import run as evaluation
 from tests.helpers import ROOT
 
 TASKS_DIR = ROOT / "tests" / "eval_suite" / "tasks"
@@ -141,7 +141,7 @@ def test_a_late_failure_keeps_what_finished(checkpoints, mag, tmp_path, monkeypa
     results and the second's finished task, and says why the second is incomplete."""
     import copy
 
-    from eval_suite.errors import EvalInputError
+    from titans_eval_suite.errors import EvalInputError
 
     def evaluate(model, config, data_dir, harness_tasks, out, log=print):
         out["needle"] = {"scores": {"passkey": {"256": {"0": 1.0}}}, "records": [{"sample": 0}]}

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from eval_suite import settings
-from pretrain.config import ConfigError
+from titans_eval_suite import settings
+from titans_pretrain.config import ConfigError
 from tests.helpers import ROOT
 
 

@@ -10,7 +10,7 @@ import torch
 def logits(checkpoints, layout=None) -> dict:
     """{str(path): logits of fixed token ids} for each checkpoint, loaded at ``layout``'s tensor-parallel
     size (one process when None: callable in the test's own process)."""
-    from pretrain.checkpoint import load_model
+    from titans_pretrain.checkpoint import load_model
 
     results = {}
     for path in map(str, checkpoints):
@@ -24,7 +24,7 @@ def logits(checkpoints, layout=None) -> dict:
 
 def main(out_path, *checkpoints):
     warnings.filterwarnings("ignore")
-    from pretrain.distributed import init_distributed
+    from titans_pretrain.distributed import init_distributed
 
     layout = init_distributed(int(__import__("os").environ.get("WORLD_SIZE", "1")))
     results = logits(checkpoints, layout)

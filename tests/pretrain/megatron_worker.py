@@ -14,8 +14,8 @@ def main(out_path, tensor, distributed):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state
 
-    from pretrain import megatron_optim
-    from pretrain.config import OptimSection
+    from titans_pretrain import megatron_optim
+    from titans_pretrain.config import OptimSection
     from tests.pretrain.test_megatron_optim import OPTIM, batch, loss_of, tiny_config
     from titans_megatron import build_model
     from titans_megatron.parallel import ensure_model_parallel

@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from pretrain import checkpoint as ckpt
-from pretrain.distributed import Layout
+from titans_pretrain import checkpoint as ckpt
+from titans_pretrain.distributed import Layout
 from titans_megatron import build_model
 from tests.titans_megatron.model_configs import small_config
 

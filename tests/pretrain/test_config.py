@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pretrain.config import ConfigError, load_config
+from titans_pretrain.config import ConfigError, load_config
 from tests.helpers import ROOT
 
 SIZES = {"170m": 15e9, "340m": 15e9, "400m": 15e9, "760m": 30e9, "1.3b": 100e9}

@@ -1,4 +1,4 @@
-"""pretrain.data: the global order shared out to ranks, the (seed, epoch) order, exact resume at any
+"""titans_pretrain.data: the global order shared out to ranks, the (seed, epoch) order, exact resume at any
 data-parallel size, the padding mask."""
 
 import itertools
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pretrain.data import DataError, ShardStream
+from titans_pretrain.data import DataError, ShardStream
 from tests.helpers import CORPUS, run_cli
 
 pytestmark = pytest.mark.process  # the shards fixture runs data_prep: not in make test-fast

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pretrain.device_peak import peak_tflops, peak_tflops_of
+from titans_pretrain.device_peak import peak_tflops, peak_tflops_of
 
 
 @pytest.mark.parametrize("name,peak", [

@@ -81,7 +81,7 @@ def test_checkpoint_loads_at_another_tensor_parallel_size_with_the_same_logits(l
 def test_hugging_face_export_of_a_tensor_parallel_2_checkpoint_gives_its_logits(layout_runs, tmp_path):
     """eval_suite/export_hf.py on checkpoints saved at TP 1 and TP 2: the Hugging Face model's logits are
     the checkpoint's (loaded in one process)."""
-    from eval_suite.export_hf import export
+    from titans_eval_suite.export_hf import export
     from tests.pretrain.logits_worker import logits
     from titans_hf import TitansForCausalLM
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from eval_suite import run as evaluation
+from titans_eval_suite import run as evaluation
 from tests.eval_suite.test_run import FAST
 from tests.helpers import SEQ, losses, tiny_overrides, torchrun, train_main
 from tests.pretrain.conftest import STEPS

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from pretrain import checkpoint as ckpt
-from pretrain import optim as optim_
-from pretrain import sharded_checkpoint as sharded
-from pretrain.config import load_config
-from pretrain.distributed import init_distributed
+from titans_pretrain import checkpoint as ckpt
+from titans_pretrain import optim as optim_
+from titans_pretrain import sharded_checkpoint as sharded
+from titans_pretrain.config import load_config
+from titans_pretrain.distributed import init_distributed
 from tests.helpers import TINY_CONFIG, losses, tiny_overrides, train_main
 from titans_megatron import build_model
 
@@ -97,7 +97,7 @@ def test_what_cannot_start_a_run_is_refused_by_name(source, train_shards, tmp_pa
 def test_a_hugging_face_export_starts_a_run_with_its_weights(source, train_shards, tmp_path):
     """export_hf.py's folder as init_from (lr 0): the new run's weights are the source's, but for the
     vocabulary padding rows the export drops (zeros after the import)."""
-    from eval_suite.export_hf import export
+    from titans_eval_suite.export_hf import export
 
     hf = export(str(source), str(tmp_path / "hf"))
     new = tmp_path / "new"

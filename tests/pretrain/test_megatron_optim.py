@@ -35,8 +35,8 @@ def loss_of(model, tokens):
 
 def reference_losses():
     """One process, torch AdamW, the torch path's parameter groups (no decay on optim.no_decay names)."""
-    from pretrain.config import OptimSection
-    from pretrain.param_groups import parameter_groups
+    from titans_pretrain.config import OptimSection
+    from titans_pretrain.param_groups import parameter_groups
     from titans_megatron import build_model
 
     optim = OptimSection(**OPTIM)
@@ -70,7 +70,7 @@ def test_megatron_ddp_and_optimizer_match_one_process(reference, tmp_path, tenso
 
 def test_grad_clip_zero_turns_clipping_off():
     """optim.grad_clip 0 means no clipping on the torch path, as on Megatron's (which skips it at 0)."""
-    from pretrain.distributed import clip_gradients
+    from titans_pretrain.distributed import clip_gradients
 
     model = torch.nn.Linear(3, 3)
     model.weight.grad, model.bias.grad = torch.full((3, 3), 2.0), torch.full((3,), 2.0)
@@ -83,8 +83,8 @@ def test_grad_clip_zero_turns_clipping_off():
 def test_default_decay_rule():
     """No decay on norms, biases, the memory's gates and initial weights; every projection decays,
     LMM's hidden x hidden output gate included."""
-    from pretrain.config import OptimSection
-    from pretrain.param_groups import parameter_groups
+    from titans_pretrain.config import OptimSection
+    from titans_pretrain.param_groups import parameter_groups
     from titans_megatron import TitansConfig, build_model
 
     config = TitansConfig.from_preset("tiny", variant="lmm", seq_length=32, vocab_size=300, hidden_size=64,

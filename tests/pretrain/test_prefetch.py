@@ -1,4 +1,4 @@
-"""pretrain.prefetch: batches read ahead in a thread are the stream's own, in order; the position saved
+"""titans_pretrain.prefetch: batches read ahead in a thread are the stream's own, in order; the position saved
 is that of the batches taken, not of those read ahead; reading errors reach the step; the reader stops."""
 
 import itertools
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pretrain.prefetch import Prefetcher
+from titans_pretrain.prefetch import Prefetcher
 
 
 class Counting:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pretrain import trainer
-from pretrain.config import load_config
+from titans_pretrain import trainer
+from titans_pretrain.config import load_config
 from tests.helpers import TINY_CONFIG, run_train, tiny_overrides, train_main
 
 

@@ -4,7 +4,7 @@ and clear errors when the pieces do not fit the model."""
 import pytest
 import torch
 
-from pretrain import resharding
+from titans_pretrain import resharding
 from titans_megatron import TitansConfig, build_model
 
 VARIANTS = ["transformer++", "lmm", "mag", "mal", "mac", "gdn"]

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pretrain.config import OptimSection
-from pretrain.schedule import learning_rate
+from titans_pretrain.config import OptimSection
+from titans_pretrain.schedule import learning_rate
 
 
 @pytest.mark.parametrize("warmup,steps", [(1, 10), (10, 100), (50, 51), (3, 1000)])

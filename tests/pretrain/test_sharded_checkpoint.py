@@ -10,11 +10,11 @@ import random
 import pytest
 import torch
 
-from pretrain import checkpoint as ckpt
-from pretrain import resharding
-from pretrain import sharded_checkpoint as sharded
-from pretrain.distributed import Layout
-from pretrain.train_state import TrainState
+from titans_pretrain import checkpoint as ckpt
+from titans_pretrain import resharding
+from titans_pretrain import sharded_checkpoint as sharded
+from titans_pretrain.distributed import Layout
+from titans_pretrain.train_state import TrainState
 from tests.pretrain.test_resharding import VARIANTS, trained
 
 ONE = Layout(rank=0, world=1, local_rank=0, tensor=1, tp_rank=0, data=1, dp_rank=0)

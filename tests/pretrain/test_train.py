@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pretrain import trainer
-from pretrain.config import load_config
+from titans_pretrain import trainer
+from titans_pretrain.config import load_config
 from tests.helpers import TINY_CONFIG, losses, run_train, tiny_overrides, train_cmd, train_main
 
 pytestmark = pytest.mark.process  # starts processes: not in make test-fast
@@ -121,7 +121,7 @@ def test_rerun_of_a_finished_run_writes_nothing(train_shards, tmp_path, capsys):
     assert trainer.train(_config(train_shards, ckpt), log=lines.append) == 0
     assert not any(x.startswith("saved ") for x in lines) and final.stat().st_ino == inode
 
-    from pretrain import val_loss
+    from titans_pretrain import val_loss
     other = tmp_path / "other_shards"  # the same shards, said to hold longer windows
     shutil.copytree(train_shards, other)
     manifest = json.loads((other / "manifest.json").read_text())

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
+from titans_pretrain.train_state import TRAIN_STATE, TrainState, TrainStateError
 
 GOOD = {"step": 8, "data": [{"epoch": 0, "position": 32}], "config": {"model": {"variant": "mag"}},
         "layout": {"tensor": 2, "data": 1, "rank": 0}}

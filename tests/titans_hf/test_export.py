@@ -11,13 +11,13 @@ import textwrap
 import pytest
 import torch
 
-from eval_suite.errors import EvalInputError
-from eval_suite.export_hf import export
+from titans_eval_suite.errors import EvalInputError
+from titans_eval_suite.export_hf import export
 
 pytestmark = pytest.mark.process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Not "kernels": transformers probes for a package of that name (Hugging Face's own); the check below
+# Not "titans_kernels": transformers probes for a package of that name (Hugging Face's own); the check below
 # that no module of this repository was loaded covers it.
 OURS = ("titans_core", "titans_hf", "titans_megatron", "megatron", "pretrain", "eval_suite", "data_prep")
 REMOTE = textwrap.dedent("""
@@ -38,7 +38,7 @@ REMOTE = textwrap.dedent("""
     ours = sorted(n for n, m in list(sys.modules.items()) if (getattr(m, "__file__", None) or "").startswith(%r))
     print("RESULT " + json.dumps({"logits": logits.tolist(), "encoded": tok("Hello world")["input_ids"], "ours": ours,
                       "generated": text[0]["generated_text"], "class": type(model).__module__}))
-""") % (OURS, tuple(os.path.join(ROOT, p) + os.sep for p in OURS + ("kernels",)))
+""") % (OURS, tuple(os.path.join(ROOT, p) + os.sep for p in OURS + ("titans_kernels",)))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_lm_eval_hf_model_gives_our_adapters_answers(exported, checkpoints, monk
 
     import importlib
 
-    importlib.import_module("eval_suite.harness")  # registers our adapter as lm-eval's "titans"
+    importlib.import_module("titans_eval_suite.harness")  # registers our adapter as lm-eval's "titans"
     from tests.helpers import ROOT
 
     monkeypatch.chdir(ROOT)  # the task YAMLs' data files are relative to it
@@ -138,7 +138,7 @@ def test_every_kind_of_mixer_loads_from_the_folders_own_code(tmp_path):
     """The exported code path for the variants the trained checkpoint above does not cover (Gated
     DeltaNet, MAC's own-query retrieval, MAL's residual sublayers): a folder written with the exporter's
     code files and auto_map loads through trust_remote_code with our packages blocked, same logits."""
-    from eval_suite.export_hf import AUTO_MAP, write_code
+    from titans_eval_suite.export_hf import AUTO_MAP, write_code
     from tests.titans_hf.pairs import ids, pair
 
     expected, folders = {}, []

@@ -12,13 +12,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_titans_core_and_kernels_never_import_megatron():
-    for folder in ("titans_core", "titans_hf", "kernels"):
+    for folder in ("titans_core", "titans_hf", "titans_kernels"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 for name in names:
-                    assert not name.startswith(("megatron", "titans_megatron", "pretrain")), f"{path}: imports {name}"
+                    assert not name.startswith(("megatron", "titans_megatron", "titans_pretrain")), f"{path}: imports {name}"
 
 
 @pytest.mark.process
@@ -27,7 +27,7 @@ def test_hf_model_runs_with_megatron_unimportable():
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("megatron", "titans_megatron", "pretrain"):
+                if name.split(".")[0] in ("megatron", "titans_megatron", "titans_pretrain"):
                     raise ImportError(f"blocked: {name}")
         sys.meta_path.insert(0, Block())
         import torch, titans_hf
@@ -46,8 +46,18 @@ def test_hf_model_runs_with_megatron_unimportable():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-def test_transformers_does_not_take_our_kernels_package_for_its_own():
-    """`kernels` is also the name of a Hugging Face package transformers probes for (README, Layout)."""
-    from transformers.utils.import_utils import is_kernels_available
-
-    assert not is_kernels_available()
+@pytest.mark.process
+def test_transformers_imports_its_own_kernels_package_from_the_checkout_root():
+    """`kernels` is Hugging Face's package, which transformers >= 5.25 imports: started from the checkout
+    root (the current directory first on sys.path), transformers still gets it and the export's imports
+    work (our op is titans_kernels)."""
+    script = textwrap.dedent("""
+        import importlib.util, os
+        import transformers.integrations.hub_kernels  # failed while the checkout had a kernels/ folder
+        import titans_hf, titans_kernels
+        spec = importlib.util.find_spec("kernels")
+        assert spec is None or not os.path.abspath(spec.origin).startswith(os.getcwd()), spec.origin
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

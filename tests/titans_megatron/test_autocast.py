@@ -23,7 +23,7 @@ PER_PARAMETER = 0.15
 PER_HEAD_DECAY = 0.25
 CASES = [(variant, "torch") for variant in VARIANTS] + [
     # The kernels under the interpreter take ~10 s a variant on CPU: MAC (prefix + segments) stands for all;
-    # tests/kernels/test_memory_op_triton.py checks the op itself under autocast.
+    # tests/titans_kernels/test_memory_op_triton.py checks the op itself under autocast.
     pytest.param("mac", "triton", marks=[pytest.mark.slow, pytest.mark.skipif(
         importlib.util.find_spec("triton") is None, reason="the triton package is not installed")])]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels import neural_memory
-from kernels.memory_op.flops import memory_forward_flops
+from titans_kernels import neural_memory
+from titans_kernels.memory_op.flops import memory_forward_flops
 from titans_megatron import TitansConfig, build_model
 from titans_megatron.flops import matmul_parameters, mean_attended_keys, training_flops_per_token
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from kernels import neural_memory
-from kernels.memory_op.torch_backend import KEPT_STATE_PER_TOKEN_IN_HEAD_DIMS
-from tests.kernels.memory_inputs import make_inputs
+from titans_kernels import neural_memory
+from titans_kernels.memory_op.torch_backend import KEPT_STATE_PER_TOKEN_IN_HEAD_DIMS
+from tests.titans_kernels.memory_inputs import make_inputs
 
 
 def saved_bytes(T, d, depth, expansion, chunk):

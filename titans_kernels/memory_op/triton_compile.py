@@ -4,7 +4,7 @@ This catches what the interpreter cannot (types, layouts, unsupported ops) and r
 memory each kernel needs per program, which must fit the architecture's per-block limit.
 The constants and launch options are the backend's own (``_Geometry``, ``LAUNCH``).
 
-    TRITON_INTERPRET=0 python -m kernels.memory_op.triton_compile --arch 90 --depth 2 --head-dim 64 --dtype bfloat16
+    TRITON_INTERPRET=0 python -m titans_kernels.memory_op.triton_compile --arch 90 --depth 2 --head-dim 64 --dtype bfloat16
 """
 
 import argparse
@@ -70,7 +70,7 @@ def main():
     limit = SHARED_MEMORY_LIMIT[args.arch]
     for info in report.values():
         info["fits"] = info["shared_bytes"] <= limit
-    print(json.dumps({"arch": args.arch, "shared_memory_limit": limit, "kernels": report}, indent=2))
+    print(json.dumps({"arch": args.arch, "shared_memory_limit": limit, "titans_kernels": report}, indent=2))
     raise SystemExit(0 if all(info["fits"] for info in report.values()) else 1)
 
 

@@ -3,7 +3,7 @@
 On a CPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set by
 tests/conftest.py before triton is first imported), at small sizes; on a CUDA machine the same tests run compiled on the GPU, and the
 ``gpu``-marked tests add real sizes. The reference is the ``torch`` backend in float64 (itself equal
-to the token-loop oracle, tests/kernels/test_memory_op_equivalence.py).
+to the token-loop oracle, tests/titans_kernels/test_memory_op_equivalence.py).
 """
 
 import os
@@ -16,9 +16,9 @@ triton = pytest.importorskip("triton", reason="the triton package is not install
 pytestmark = pytest.mark.slow  # the Triton interpreter on CPU: not in make test-fast
 assert torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it"
 
-from kernels import neural_memory  # noqa: E402
-from kernels.memory_op import resolve_backend  # noqa: E402
-from tests.kernels.memory_inputs import make_inputs, run_with_loss  # noqa: E402
+from titans_kernels import neural_memory  # noqa: E402
+from titans_kernels.memory_op import resolve_backend  # noqa: E402
+from tests.titans_kernels.memory_inputs import make_inputs, run_with_loss  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ["q", "k", "v", "lr", "momentum", "forget", "weights/momenta 0", "weights/momenta 1",

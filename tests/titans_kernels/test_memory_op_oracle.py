@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import neural_memory
-from kernels.memory_op.gates import chunk_coefficients
-from tests.kernels.memory_inputs import make_inputs
+from titans_kernels import neural_memory
+from titans_kernels.memory_op.gates import chunk_coefficients
+from tests.titans_kernels.memory_inputs import make_inputs
 
 
 def _mlp(weights, x):

@@ -56,7 +56,7 @@ def random_shape(seed, chunk_size):
 
 def run_with_loss(inputs, backend, chunk_size, seed=1):
     """Run the op and backprop a random linear function of every output; returns (out, state, grads)."""
-    from kernels import neural_memory
+    from titans_kernels import neural_memory
 
     out, (weights_T, momenta_T) = neural_memory(**inputs, chunk_size=chunk_size, backend=backend)
     g = torch.Generator().manual_seed(seed)

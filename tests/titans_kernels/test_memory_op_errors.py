@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import neural_memory
-from tests.kernels.memory_inputs import make_inputs
+from titans_kernels import neural_memory
+from tests.titans_kernels.memory_inputs import make_inputs
 
 
 def _inputs():
@@ -46,7 +46,7 @@ def test_invalid_argument(case):
 
 
 def test_triton_unavailable_is_clear(monkeypatch):
-    from kernels.memory_op import BACKENDS
+    from titans_kernels.memory_op import BACKENDS
 
     monkeypatch.delitem(BACKENDS, "triton", raising=False)  # as in an installation without triton
     with pytest.raises(ValueError, match=r"backend 'triton' is not available in this installation; available: \['sequential', 'torch'\]"):

@@ -17,11 +17,11 @@ CASES = [(90, 2, 64, "bfloat16"), (90, 2, 128, "float32"), (80, 1, 64, "float16"
 
 _DRIVER = """
 import json, sys, torch
-from kernels.memory_op.triton_compile import SHARED_MEMORY_LIMIT, compile_kernels
+from titans_kernels.memory_op.triton_compile import SHARED_MEMORY_LIMIT, compile_kernels
 out = []
 for arch, depth, d, dtype in json.loads(sys.argv[1]):
     report = compile_kernels(depth, d, dtype=getattr(torch, dtype), arch=arch)
-    out.append({"case": [arch, depth, d, dtype], "limit": SHARED_MEMORY_LIMIT[arch], "kernels": report})
+    out.append({"case": [arch, depth, d, dtype], "limit": SHARED_MEMORY_LIMIT[arch], "titans_kernels": report})
 print(json.dumps(out))
 """
 
@@ -35,5 +35,5 @@ def test_kernels_compile_and_fit_shared_memory():
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == len(CASES)
     for result in results:
-        for name, info in result["kernels"].items():
+        for name, info in result["titans_kernels"].items():
             assert 0 < info["shared_bytes"] <= result["limit"], (result["case"], name, info)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import neural_memory
-from tests.kernels.memory_inputs import leaves, make_inputs, random_shape, run_with_loss
+from titans_kernels import neural_memory
+from tests.titans_kernels.memory_inputs import leaves, make_inputs, random_shape, run_with_loss
 
 
 def neural_memory_op(inputs, chunk_size=4):
@@ -72,7 +72,7 @@ def test_shared_init_equals_carried_copy():
 
 
 def test_auto_is_torch_on_cpu():
-    from kernels.memory_op import resolve_backend
+    from titans_kernels.memory_op import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     inputs = make_inputs(1, 9, 1, 4, 2, seed=0)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import neural_memory
-from tests.kernels.memory_inputs import leaves, make_inputs
+from titans_kernels import neural_memory
+from tests.titans_kernels.memory_inputs import leaves, make_inputs
 
 
 @pytest.mark.parametrize("carried", [False, True], ids=["init", "carried"])

@@ -11,8 +11,8 @@ d_h 32, T 200, chunk 16:
 import pytest
 import torch
 
-from kernels import neural_memory
-from tests.kernels.memory_inputs import make_inputs
+from titans_kernels import neural_memory
+from tests.titans_kernels.memory_inputs import make_inputs
 
 TOLERANCES = {  # dtype: (output, state, gradients) same inputs; (output, state) unrounded inputs
     torch.bfloat16: ((1e-2, 1e-5, 1.5e-2), (2e-2, 6e-2)),
