@@ -13,7 +13,7 @@ LOCK ?= requirements/lock-py$(PYVER).txt
 # Where pip finds torch's CPU build (2.13.0+cpu in lock-py311.txt; PyPI's build in lock-py312.txt),
 # e.g. `--find-links DIR` for a folder of wheels instead. torch is installed apart so that only its
 # install asks that index.
-TORCH_PIP_ARGS ?= --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS ?= $(if $(shell grep -s '^torch==.*+cpu' $(LOCK)),--extra-index-url https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`, each at one thread (tests/conftest.py); a file's tests stay together
 # so that its module fixtures are built once.
@@ -79,6 +79,7 @@ lock:
 # (clusters bring their own build); LATEST_TORCH=torch tries the newest.
 LATEST_VENV ?= .venv-latest
 LATEST_TORCH ?= torch==$(TORCH_VERSION)
+LATEST_LOCK = requirements/lock-py$(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])').txt
 check-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
@@ -87,11 +88,11 @@ check-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q -e '.[dev,eval]'
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/resolved.txt
-	@echo "resolved (newest allowed): $(LATEST_VENV)/resolved.txt; differences from $(LOCK):"
-	@diff <(grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | tr 'A-Z_' 'a-z-' | sort) \
+	@echo "resolved (newest allowed): $(LATEST_VENV)/resolved.txt; differences from $(LATEST_LOCK):"
+	@diff <(grep -E '^[A-Za-z0-9_.-]+==' $(LATEST_LOCK) | sed 's/ .*//' | tr 'A-Z_' 'a-z-' | sort) \
 	      <(tr 'A-Z_' 'a-z-' < $(LATEST_VENV)/resolved.txt | sort) | grep '^[<>]' || true
 	touch $(LATEST_VENV)/.installed
-	$(MAKE) test-fast VENV=$(LATEST_VENV) LOCK=$(LOCK)
+	$(MAKE) test-fast VENV=$(LATEST_VENV) LOCK=$(LATEST_LOCK)
 
 # Peers for the benchmarks (titans-pytorch) are an extra, not part of the test setup.
 $(VENV)/.bench: $(VENV)/.installed

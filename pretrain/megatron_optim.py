@@ -15,6 +15,7 @@ the CPU inside the calls that need it, so the same code path runs, and is tested
 """
 
 import contextlib
+import inspect
 from typing import Dict
 
 import torch
@@ -63,7 +64,25 @@ def wrap_model(model, model_config, distributed_optimizer: bool, overlap_grad_re
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=overlap_grad_reduce,
                                                use_distributed_optimizer=distributed_optimizer,
                                                bucket_size=bucket_size)
-    return DistributedDataParallel(config=model_config, ddp_config=ddp_config, module=model)
+    layout = {}
+    if distributed_optimizer and "full_param_layout" in inspect.signature(DistributedDataParallel).parameters:
+        layout["full_param_layout"] = full_param_layout(model, ddp_config)
+    return DistributedDataParallel(config=model_config, ddp_config=ddp_config, module=model, **layout)
+
+
+def full_param_layout(model, ddp_config):
+    """megatron-core >= 0.19 asks the caller for the distributed optimizer's parameter layout (computed
+    inside DDP with a warning otherwise): the same computation, from DDP's own inputs (its trainable
+    parameters in order, its bucket size rule, the data x context group)."""
+    from megatron.core import parallel_state
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    dp = parallel_state.get_data_parallel_world_size()
+    bucket = (ddp_config.bucket_size or max(40000000, 1000000 * dp)) if ddp_config.overlap_grad_reduce else None
+    return DistributedOptimizer.compute_full_param_layout(
+        [p for p in model.parameters() if p.requires_grad], bucket,
+        parallel_state.get_data_parallel_world_size(with_context_parallel=True), ddp_config,
+        expert_data_parallel_world_size=parallel_state.get_expert_data_parallel_world_size())
 
 
 def build_optimizer(ddp_model, optim, distributed_optimizer: bool):

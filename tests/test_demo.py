@@ -12,8 +12,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "pretrain" / "demo.py"), "--workdir", str(tmp_path / "demo"),
-                           "--steps", "24"], capture_output=True, text=True, timeout=900)
+    """Started by its path from another folder (nothing depends on the current directory)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "pretrain" / "demo.py"), "--workdir", "demo", "--steps", "24"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     out = proc.stdout
     for marker in ("== 1. tokenizer", "== 2. shards", "stopping at step 12 (run.stop_at_step)",

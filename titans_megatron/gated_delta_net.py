@@ -61,6 +61,10 @@ class GatedDeltaNetMixer(GatedDeltaNetForward, upstream.GatedDeltaNet):
             super().__init__(config, submodules, layer_number=layer_number, pg_collection=pg_collection,
                              A_init_range=tuple(config.gdn_A_init))
         torch.set_rng_state(rng)
+        # Split over heads on dim 0, as megatron-core 0.19 marks them (0.16 leaves partition_dim unset)
+        for p in (self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log):
+            if p is not None and getattr(p, "tensor_model_parallel", False):
+                p.partition_dim = 0
         self.parallel = MixerSubmodules()  # context parallelism's all-to-all and head slices
         if config.perform_initialization:
             self.draw_weights()

@@ -1,7 +1,9 @@
 """MAC, MAG, MAL, LMM, Transformer++ and Gated DeltaNet as Megatron-core specs: one ``TransformerLayer``
 per block (pre-norm residuals, SwiGLU MLP, RMSNorm) whose ``self_attention`` is the variant's mixer."""
 
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+import functools
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add as megatron_bias_dropout_add
 from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -13,6 +15,28 @@ from titans_core.mixers import MIXERS, SlidingWindowMixer
 from titans_megatron.gated_delta_net import GatedDeltaNetMixer
 from titans_megatron.norms import HeadSharedRMSNorm, RMSNorm
 from titans_megatron.parallel import MixerSubmodules
+
+
+def get_bias_dropout_add(training: bool, fused: bool):
+    """Megatron's bias-dropout-add with megatron-core 0.16's dtype rule on every version: the residual
+    takes the branch's dtype, so under bf16 autocast the residual stream is bf16. 0.19 upcasts the branch
+    to the residual's dtype instead (an fp32 stream: other numerics and activation memory than the
+    version the benchmarks were measured on); one rule keeps both versions' runs comparable."""
+    inner = megatron_bias_dropout_add(training, fused)
+
+    def bias_dropout_add(x_with_bias, residual, prob):
+        return inner(x_with_bias, residual.to(x_with_bias[0].dtype), prob)
+
+    return bias_dropout_add
+
+
+def mlp_spec():
+    """The SwiGLU MLP with Megatron's parallel linears. megatron-core >= 0.19 builds a layer's MLP through
+    ``MLP.as_mlp_submodule`` (a plain ``ModuleSpec`` is rewrapped into it with a warning); 0.16 builds the spec."""
+    submodules = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
+    if hasattr(MLP, "as_mlp_submodule"):
+        return functools.partial(MLP.as_mlp_submodule, submodules=submodules)
+    return ModuleSpec(module=MLP, submodules=submodules)
 
 
 # Megatron's own parallel linears; a spec for Transformer Engine's would name TE's classes here.
@@ -49,8 +73,7 @@ def layer_spec(variant: str, mal_residual: bool = False) -> ModuleSpec:
             self_attn_bda=get_bias_dropout_add,
             **second,
             pre_mlp_layernorm=RMSNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                                              linear_fc2=RowParallelLinear)),
+            mlp=mlp_spec(),
             mlp_bda=get_bias_dropout_add,
         ),
     )
