@@ -47,7 +47,7 @@ test-fast: $(VENV)/.installed
 # The Megatron paths in processes (DDP, distributed optimizer, TP/SP/CP over gloo, sharded checkpoints):
 # what CI runs on the second combination besides test-fast.
 MEGATRON_TESTS := tests/pretrain/test_megatron_path.py tests/pretrain/test_megatron_optim.py \
-	tests/pretrain/test_distributed.py tests/pretrain/test_context_parallel.py \
+	tests/pretrain/test_distributed.py tests/pretrain/test_resharding.py \
 	tests/pretrain/test_sharded_checkpoint.py tests/titans_megatron
 test-megatron: $(VENV)/.installed
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "process" $(MEGATRON_TESTS) $(PYTEST_ARGS)

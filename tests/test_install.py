@@ -75,13 +75,13 @@ def test_installed_package_trains_exports_and_evaluates_outside_the_checkout(ins
 
     corpus = purelib / "titans_data_prep" / "corpus" / "python_docs.jsonl.gz"
     config = purelib / "titans_configs" / "tiny_mag.json"
-    _run([python, "-m", "titans_data_prep.train_tokenizer", "--input", corpus, "--vocab-size", 300,
+    _run([python, "-m", "titans_data_prep.train_tokenizer", "--input", corpus, "--vocab-size", 1000,
           "--output", "tok.model"], cwd=work)
     _run([python, "-m", "titans_data_prep.tokenize", "--input", corpus, "--tokenizer", "tok.model", "--output",
           "shards", "--seq-len", 64, "--seqs-per-shard", 32, "--val-docs", 4, "--workers", 1], cwd=work)
     tiny = ["schedule.train_steps=4", "schedule.global_batch=2", "schedule.micro_batch=2", "checkpoint.interval=4",
             "eval.interval=4", "eval.batches=1", "optim.warmup_steps=1",
-            'model.overrides={"seq_length": 64, "vocab_size": 300, "window_size": 16, "num_persistent_tokens": 2, '
+            'model.overrides={"seq_length": 64, "vocab_size": 1000, "window_size": 16, "num_persistent_tokens": 2, '
             '"hidden_size": 32, "ffn_hidden_size": 64, "num_attention_heads": 2, "memory_chunk_size": 8}']
     _run([python, "-m", "titans_pretrain.train", "--config", config, "data.dir=shards", "checkpoint.dir=ckpt", *tiny],
          cwd=work)
@@ -92,6 +92,6 @@ def test_installed_package_trains_exports_and_evaluates_outside_the_checkout(ins
                   cwd=work, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
     assert "torch.Size([1, 6])" in loaded
     _run([python, "-m", "titans_eval_suite.run", "--checkpoint", "ckpt", "--tasks", "needle", "--output", "report",
-          "--set", "needle.lengths=[128]", "--set", "needle.depths=[50]", "--set", "needle.samples=1",
+          "--set", "needle.lengths=[256]", "--set", "needle.depths=[50]", "--set", "needle.samples=1",
           "--set", "needle.kinds=[\"passkey\"]"], cwd=work)
     assert (work / "report" / "results.json").exists() and (work / "report" / "report.md").exists()
