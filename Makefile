@@ -87,12 +87,12 @@ check-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q '$(LATEST_TORCH)' $(TORCH_PIP_ARGS)
 	$(LATEST_VENV)/bin/python -m pip install -q -e '.[dev,eval]'
 	$(LATEST_VENV)/bin/python -m pip check
-	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/resolved.txt
+	$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' > $(LATEST_VENV)/resolved.txt
 	@echo "resolved (newest allowed): $(LATEST_VENV)/resolved.txt; differences from $(LATEST_LOCK):"
 	@diff <(grep -E '^[A-Za-z0-9_.-]+==' $(LATEST_LOCK) | sed 's/ .*//' | tr 'A-Z_' 'a-z-' | sort) \
 	      <(tr 'A-Z_' 'a-z-' < $(LATEST_VENV)/resolved.txt | sort) | grep '^[<>]' || true
 	touch $(LATEST_VENV)/.installed
-	$(MAKE) test-fast VENV=$(LATEST_VENV) LOCK=$(LATEST_LOCK)
+	TITANS_CHECK_LATEST=1 $(MAKE) test-fast VENV=$(LATEST_VENV) LOCK=$(LATEST_LOCK)
 
 # Peers for the benchmarks (titans-pytorch) are an extra, not part of the test setup.
 $(VENV)/.bench: $(VENV)/.installed

@@ -5,7 +5,9 @@ the stdlib."""
 import ast
 import importlib
 import importlib.metadata
+import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -193,3 +195,36 @@ def test_no_import_cycles():
     graph = _import_graph()
     assert "titans_megatron.config" in graph and "titans_pretrain.trainer" in graph
     assert _cycles(graph) == []
+
+
+LOCKS = {"311": "megatron-core==0.16.1", "312": "megatron-core==0.19."}
+
+
+def _locked(path: pathlib.Path) -> dict:
+    """{normalised name: version} of a lock, every entry checked for a hash."""
+    text = path.read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)((?: \\\n\s+--hash=\S+)*)", text, re.M)
+    assert entries, path
+    for name, version, hashes in entries:
+        assert "--hash=sha256:" in hashes, f"{path.name}: {name}=={version} has no hash"
+    return {re.sub(r"[-_.]+", "-", n).lower(): v for n, v, _ in entries}
+
+
+@pytest.mark.parametrize("python,pin", LOCKS.items())
+def test_each_combination_is_locked_with_hashes(python, pin):
+    lock = ROOT / "requirements" / f"lock-py{python}.txt"
+    locked = _locked(lock)
+    name, version = pin.split("==")
+    assert locked[name].startswith(version), (lock.name, locked[name])
+    assert "torch" in locked and "transformers" in locked and "titans-megatron" not in locked
+
+
+@pytest.mark.skipif(os.environ.get("TITANS_CHECK_LATEST") == "1", reason="make check-latest: newer than the lock on purpose")
+def test_this_environment_is_its_lock():
+    """`make setup` installed exactly the lock for this interpreter: every locked package at its version."""
+    lock = ROOT / "requirements" / f"lock-py{sys.version_info[0]}{sys.version_info[1]}.txt"
+    if not lock.exists():
+        pytest.skip(f"no lock for Python {sys.version_info[0]}.{sys.version_info[1]}")
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in importlib.metadata.distributions()}
+    differ = {n: (v, installed.get(n)) for n, v in _locked(lock).items() if installed.get(n) != v}
+    assert not differ, f"not as locked (locked, installed): {differ}"
