@@ -200,7 +200,7 @@ class MemoryBranch(Sharded):
         """Run the op; ``state`` = (weights, momenta) carried from earlier tokens, None to start."""
         weights, momenta = (tuple(self.memory_init), None) if state is None else state
         return neural_memory(*inputs, weights, momenta, chunk_size=self.config.memory_chunk_size,
-                             backend=self.config.memory_backend)
+                             backend=self.config.memory_backend, step_budget=self.config.memory_step_budget)
 
     def retrieve(self, q, state=None):
         """M(q) with the current weights, no update: [b, n, H_l, d]."""

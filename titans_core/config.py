@@ -41,6 +41,11 @@ class TitansFields:
     """theta = lr_max * sigmoid(.) (choice; the paper leaves it open). None: 1 / memory_chunk_size, the
     largest step the stability map bounds for every eta under the momentum average; on MQAR it learned
     recall where 0.02 (the default before 2026-12-01) did not (docs/model.md, "Where the defaults stand")."""
+    memory_step_budget: Optional[float] = None
+    """None: the op takes theta as the gates give it. A number: the most step each token's key may take
+    within its chunk (titans_kernels/memory_op/step_budget.py; 0.5 is the exact write of the squared
+    loss), so that lr_max can be large for distinct keys while a key repeated through a chunk stays
+    bounded (docs/model.md, "The step budget")."""
     memory_value_norm: bool = True
     memory_momentum_ema: bool = True
     """Stability (choices; docs/model.md): L2-normalise the memory's values per head like its keys,
@@ -130,6 +135,8 @@ class TitansFields:
             self.memory_lr_max = 1.0 / self.memory_chunk_size
         if self.memory_lr_max < 0:
             raise ValueError(f"memory_lr_max must be >= 0, got {self.memory_lr_max}")
+        if self.memory_step_budget is not None and not self.memory_step_budget > 0:
+            raise ValueError(f"memory_step_budget must be None or > 0, got {self.memory_step_budget}")
         if self.num_persistent_tokens < 0 or self.num_memory_tokens < 0:
             raise ValueError("num_persistent_tokens and num_memory_tokens must be >= 0")
         if self.variant in ("mag", "mal") and not 1 <= self.window_size <= self.seq_length:

@@ -1,11 +1,13 @@
 """``neural_memory``: the chunked neural long-term memory update of Titans (TITANS_SPEC section 1).
 
     out, (weights_T, momenta_T) = neural_memory(q, k, v, lr, momentum, forget, weights,
-                                                momenta=None, chunk_size=16, backend="auto")
+                                                momenta=None, chunk_size=16, backend="auto",
+                                                step_budget=None)
 
 q, k, v: [B, T, H, d_h]; lr, momentum, forget (theta, eta, alpha): [B, T, H]; weights: one tensor
 per MLP layer, [H, d_in, d_out] (a learned init shared by the batch) or [B, H, d_in, d_out] (a carried
-state); momenta: None (zeros) or tensors shaped [B, H, d_in, d_out]. Returns ``out`` [B, T, H, d_h] in
+state); momenta: None (zeros) or tensors shaped [B, H, d_in, d_out]. step_budget: None (theta as given)
+or the most step each token's key may take within its chunk (step_budget.py), applied before any backend. Returns ``out`` [B, T, H, d_h] in
 q's dtype and the state after the last token, in fp32 (fp64 when any input is fp64).
 """
 
@@ -16,6 +18,7 @@ import torch
 from .checks import check_arguments
 from .torch_backend import neural_memory_chunked
 from .sequential import neural_memory_sequential
+from .step_budget import chunk_step_budget
 from .triton_backend import neural_memory_triton
 
 # name -> implementation; every implementation takes the validated arguments plus the compute dtype.
@@ -45,9 +48,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def neural_memory(q, k, v, lr, momentum, forget, weights, momenta=None, chunk_size=16, backend="auto"):
-    check_arguments(q, k, v, lr, momentum, forget, weights, momenta, chunk_size)
+def neural_memory(q, k, v, lr, momentum, forget, weights, momenta=None, chunk_size=16, backend="auto",
+                  step_budget=None):
+    check_arguments(q, k, v, lr, momentum, forget, weights, momenta, chunk_size, step_budget)
     name = resolve_backend(backend, q.device)
+    if step_budget is not None:
+        lr = chunk_step_budget(lr, k, chunk_size, step_budget)
     tensors = (q, k, v, lr, momentum, forget, *weights, *(momenta or ()))
     compute_dtype = torch.float64 if any(x.dtype == torch.float64 for x in tensors) else torch.float32
     out, weights_T, momenta_T = BACKENDS[name](

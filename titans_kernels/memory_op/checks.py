@@ -14,8 +14,10 @@ def _require_tensor(name, x):
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def check_arguments(q, k, v, lr, momentum, forget, weights, momenta, chunk_size):
+def check_arguments(q, k, v, lr, momentum, forget, weights, momenta, chunk_size, step_budget=None):
     """Raise ValueError on any argument that does not match TITANS_SPEC section 1's contract."""
+    if step_budget is not None and not (isinstance(step_budget, (int, float)) and step_budget > 0):
+        raise ValueError(f"step_budget must be None or a number > 0, got {step_budget!r}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         _require_tensor(name, x)
         if x.dim() != 4:
