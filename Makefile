@@ -23,7 +23,7 @@ TEST_WORKERS ?= 2
 
 # Exactly the locked versions, hashes checked; then this project alone, which the lock does not name.
 $(VENV)/.installed: pyproject.toml $(wildcard $(LOCK))
-	@test -f $(LOCK) || { echo "no lock for Python $(PYVER): $(LOCK) (tested: requirements/lock-py*.txt; README, Installing)"; exit 1; }
+	@test -n "$(PYVER)" -a -f $(LOCK) || { echo "no lock for $(PYTHON) (Python $(PYVER)): $(LOCK) (tested: requirements/lock-py*.txt; README, Installing)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	awk '/^[a-z]/ {keep = /^torch==/} keep' $(LOCK) > $(VENV)/lock-torch.txt
