@@ -225,6 +225,11 @@ def test_this_environment_is_its_lock():
     lock = ROOT / "requirements" / f"lock-py{sys.version_info[0]}{sys.version_info[1]}.txt"
     if not lock.exists():
         pytest.skip(f"no lock for Python {sys.version_info[0]}.{sys.version_info[1]}")
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in importlib.metadata.distributions()}
-    differ = {n: (v, installed.get(n)) for n, v in _locked(lock).items() if installed.get(n) != v}
+    def installed(name):  # the first on sys.path (setuptools may append its _vendor folder's copies later)
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    differ = {n: (v, installed(n)) for n, v in _locked(lock).items() if installed(n) != v}
     assert not differ, f"not as locked (locked, installed): {differ}"
