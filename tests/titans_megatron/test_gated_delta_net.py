@@ -78,14 +78,14 @@ def test_forward_is_upstreams_forward():
     x = torch.randn(40, 2, mixer.hidden_size, generator=torch.Generator().manual_seed(0))
     ours, _ = mixer(x)
     mixer.config.deterministic_mode = True
-    with pytest.MonkeyPatch.context() as mp:
+    # torch's own patch for its config (a monkeypatch's undo left dynamo's `disable` unknown to a later test)
+    with pytest.MonkeyPatch.context() as mp, torch._dynamo.config.patch(disable=True):
         mp.setattr(upstream, "l2norm", torch_l2norm, raising=False)
         common = sys.modules.get(upstream.__name__ + ".common")  # megatron-core 0.19's home of the forward
         if common is not None:
             mp.setattr(common, "l2norm", torch_l2norm, raising=False)
             mp.setattr(mixer, "gated_delta_rule", upstream.torch_chunk_gated_delta_rule)  # picked at init there
         mp.setattr(upstream.GatedDeltaNet, "_apply_gated_norm", upstream.GatedDeltaNet._apply_gated_norm.__wrapped__)
-        mp.setattr(torch._dynamo.config, "disable", True)
         theirs, _ = upstream.GatedDeltaNet.forward(mixer, x, attention_mask=None)
     mixer.config.deterministic_mode = False
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
