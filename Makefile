@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 # The lock of the tested environment for this interpreter, chosen by the venv's python (or PYTHON's
 # before there is a venv): requirements/lock-py311.txt (megatron-core 0.16.1, torch's CPU build),
 # requirements/lock-py312.txt (megatron-core 0.19). `make lock` writes them.
-PYVER := $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -c 'import sys; print("%d%d" % sys.version_info[:2])')
+# An interpreter's version as the locks name it (311, 312)
+pyver = $(shell $(1) -c 'import sys; print("%d%d" % sys.version_info[:2])')
+PYVER := $(call pyver,$(if $(wildcard $(PY)),$(PY),$(PYTHON)))
 LOCK ?= requirements/lock-py$(PYVER).txt
 # Where pip finds torch's CPU build (2.13.0+cpu in lock-py311.txt; PyPI's build in lock-py312.txt),
 # e.g. `--find-links DIR` for a folder of wheels instead. torch is installed apart so that only its
@@ -79,7 +81,7 @@ lock:
 # (clusters bring their own build); LATEST_TORCH=torch tries the newest.
 LATEST_VENV ?= .venv-latest
 LATEST_TORCH ?= torch==$(TORCH_VERSION)
-LATEST_LOCK = requirements/lock-py$(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])').txt
+LATEST_LOCK = requirements/lock-py$(call pyver,$(PYTHON)).txt
 check-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
